@@ -1,0 +1,59 @@
+# sawt: the two commands a fresh machine needs are `make demo` and `make test`.
+# Both run `make setup` first, which is idempotent: it installs only what is missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SAWT := $(VENV)/bin/sawt
+# python3.12 may be a pyenv shim that refuses to run while another version is global, so probe each
+# candidate by running it rather than trusting `command -v`.
+PY312 := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+APT_PACKAGES := espeak-ng prometheus
+DEMO_DIR ?= build/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench
+
+setup: system-deps $(VENV)/.installed
+
+# System packages: espeak-ng speaks the demo corpus; prometheus (and promtool) back the monitoring tests.
+system-deps:
+	@missing=""; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "error: need root (or sudo) to apt-get install$$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
+	@if [ -z "$(PY312)" ]; then echo "error: python3.12 not found (tried PATH and ~/.pyenv/versions/3.12*)" >&2; exit 1; fi
+	@test -x $(PY) || $(PY312) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+demo: setup
+	$(PY) -m tools.demo --out $(DEMO_DIR)
+
+test: setup lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Re-pin every transitive dependency from the current venv.
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' | sort > requirements/lock.txt
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

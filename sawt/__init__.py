@@ -1,0 +1,1 @@
+"""sawt: Arabic speech recognition with Qwen3-Omni on TPU. The `sawt` command lives in `sawt.cli`."""

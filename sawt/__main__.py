@@ -1,0 +1,5 @@
+import sys
+
+from sawt.cli import main
+
+sys.exit(main())

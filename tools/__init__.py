@@ -1,0 +1,1 @@
+"""Offline tools: data synthesis and conversion, checkpoint conversion, distillation, manifests, demo."""

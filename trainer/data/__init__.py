@@ -1,0 +1,1 @@
+"""Host-side data: Example/TFRecord codecs, audio features, tokenisation and the Grain loader (numpy only)."""
