@@ -1,0 +1,152 @@
+"""Long audio: cut into overlapping model windows, then stitch the per-window hypotheses back together.
+
+The thinker's audio encoder takes at most ``window_s`` seconds per request (30 s for Qwen3-Omni's ASR
+prompt). Rather than truncating, long audio is cut into windows that overlap by ``overlap_s``; each window
+is transcribed on its own and the overlapping hypotheses are merged where they agree. Words cut at a
+window's edge are unreliable, so the merge keeps the earlier window's text up to the agreed run and the
+later window's text after it.
+
+Used by `sawt transcribe` and the server (preamble interface 9).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TypeVar, overload
+
+import numpy as np
+
+from trainer.data.audio_io import SAMPLE_RATE
+
+DEFAULT_WINDOW_S = 30.0
+DEFAULT_OVERLAP_S = 4.0
+
+T = TypeVar("T")
+
+
+def window_bounds(
+    n_samples: int,
+    window_s: float = DEFAULT_WINDOW_S,
+    overlap_s: float = DEFAULT_OVERLAP_S,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[tuple[int, int]]:
+    """Sample ranges ``[start, end)`` of the windows that cover ``n_samples``.
+
+    Windows are ``window_s`` long and start every ``window_s - overlap_s`` seconds; the last one ends at the
+    end of the audio (it may be shorter). Audio no longer than one window is one window.
+
+    Raises:
+        ValueError: if ``overlap_s`` is negative or not shorter than ``window_s``.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s}")
+    if not 0 <= overlap_s < window_s:
+        raise ValueError(f"overlap_s must be in [0, window_s={window_s}), got {overlap_s}")
+    window = round(window_s * sample_rate)
+    hop = window - round(overlap_s * sample_rate)
+    if n_samples <= window:
+        return [(0, n_samples)]
+    # Enough hops that the last window reaches the end; it then starts at most one hop after the previous.
+    n_windows = 1 + math.ceil((n_samples - window) / hop)
+    bounds = []
+    for i in range(n_windows):
+        start = i * hop
+        bounds.append((start, min(start + window, n_samples)))
+    return bounds
+
+
+def split_windows(
+    wave: np.ndarray,
+    window_s: float = DEFAULT_WINDOW_S,
+    overlap_s: float = DEFAULT_OVERLAP_S,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[np.ndarray]:
+    """Cuts a mono waveform into overlapping windows (views, no copies); see `window_bounds` for offsets.
+
+    Args:
+        wave: float mono samples ``[T]`` at ``sample_rate``.
+        window_s: window length in seconds (the model's maximum audio per request).
+        overlap_s: overlap between consecutive windows in seconds.
+        sample_rate: samples per second of ``wave``.
+
+    Returns:
+        The windows in order; one window when the audio fits in one.
+    """
+    wave = np.asarray(wave)
+    if wave.ndim != 1:
+        raise ValueError(f"expected mono audio [T], got shape {wave.shape}")
+    return [wave[s:e] for s, e in window_bounds(len(wave), window_s, overlap_s, sample_rate)]
+
+
+def _longest_common_run(left: Sequence[T], right: Sequence[T]) -> tuple[int, int, int]:
+    """(start in left, start in right, length) of the longest contiguous run present in both."""
+    best = (0, 0, 0)
+    prev = [0] * (len(right) + 1)
+    for i in range(1, len(left) + 1):
+        cur = [0] * (len(right) + 1)
+        for j in range(1, len(right) + 1):
+            if left[i - 1] == right[j - 1]:
+                cur[j] = prev[j - 1] + 1
+                # Ties go to the run that ends latest in `left` (closest to the real overlap).
+                if cur[j] >= best[2]:
+                    best = (i - cur[j], j - cur[j], cur[j])
+        prev = cur
+    return best
+
+
+def merge_pair(left: list[T], right: list[T], max_overlap: int | None = None, min_match: int = 2) -> list[T]:
+    """Merges two consecutive hypotheses whose audio overlapped.
+
+    Looks for the longest run shared by the tail of ``left`` and the head of ``right`` (at most
+    ``max_overlap`` items each); keeps ``left`` up to and including the run and ``right`` after it. With no
+    shared run of ``min_match`` items (e.g. silence in the overlap), the two are concatenated.
+    """
+    if not left:
+        return list(right)
+    if not right:
+        return list(left)
+    tail_start = 0 if max_overlap is None else max(0, len(left) - max_overlap)
+    tail = left[tail_start:]
+    head = right if max_overlap is None else right[:max_overlap]
+    i, j, n = _longest_common_run(tail, head)
+    if n < min(min_match, len(tail), len(head)) or n == 0:
+        return list(left) + list(right)
+    return list(left[: tail_start + i + n]) + list(right[j + n :])
+
+
+@overload
+def stitch(pieces: Sequence[str], max_overlap: int | None = ..., min_match: int = ...) -> str: ...
+@overload
+def stitch(
+    pieces: Sequence[Sequence[int]], max_overlap: int | None = ..., min_match: int = ...
+) -> list[int]: ...
+def stitch(pieces, max_overlap=None, min_match=2):
+    """Joins per-window hypotheses (texts or token-id lists) into one, dropping the repeated overlap.
+
+    Texts are merged word by word and returned as one space-joined string; token-id lists are merged id by
+    id and returned as one list.
+
+    Args:
+        pieces: hypotheses of consecutive overlapping windows, in order (all texts or all id lists).
+        max_overlap: search for the shared run only in this many trailing/leading items (words or ids);
+            ``None`` searches whole pieces.
+        min_match: the shortest shared run trusted as the overlap (shorter pieces need only match fully).
+
+    Returns:
+        The stitched text, or the stitched token ids.
+    """
+    pieces = list(pieces)
+    if not pieces:
+        return ""
+    if all(isinstance(p, str) for p in pieces):
+        merged: list[str] = []
+        for p in pieces:
+            merged = merge_pair(merged, p.split(), max_overlap, min_match)
+        return " ".join(merged)
+    if any(isinstance(p, str) for p in pieces):
+        raise TypeError("stitch: pieces must be all texts or all token-id lists")
+    merged_ids: list[int] = []
+    for p in pieces:
+        merged_ids = merge_pair(merged_ids, [int(t) for t in p], max_overlap, min_match)
+    return merged_ids
