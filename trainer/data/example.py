@@ -1,0 +1,549 @@
+"""`tf.train.Example` encoder and decoder in pure Python + numpy (no TensorFlow, no protobuf runtime).
+
+The wire format (TensorFlow's example.proto / feature.proto):
+
+    Example   { Features features = 1; }
+    Features  { map<string, Feature> feature = 1; }      # each entry: { string key = 1; Feature value = 2; }
+    Feature   { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
+    BytesList { repeated bytes value = 1; }
+    FloatList { repeated float value = 1 [packed = true]; }
+    Int64List { repeated int64 value = 1 [packed = true]; }
+
+Why a hand-written codec: a speech Example is dominated by one packed float list (a 10 s clip at 16 kHz is
+640 KB of little-endian float32). Decoding it is a handful of varint reads plus one ``np.frombuffer`` over
+those bytes, with no copy, instead of building 160,000 Python floats as a generic protobuf parse does.
+
+Encoding follows protobuf's deterministic serialization (map entries sorted by key, both key and value
+written, packed repeated scalars, empty lists omitted), which is what TensorFlow writes with
+``SerializeToString(deterministic=True)``; the goldens in tests/goldens/data/ check this byte for byte.
+Decoding accepts everything a conforming protobuf parser accepts: unpacked floats and ints, chunks of both
+mixed, fields in any order, repeated (merged) messages and unknown fields at every level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+SPEECH_FEATURES = ("audio", "audio_len", "sample_rate", "duration", "text", "dataset_name", "sample_id")
+BAD_RECORD_REASONS = (
+    "undecodable",
+    "missing_feature",
+    "audio_len_mismatch",
+    "non_finite_audio",
+    "wrong_sample_rate",
+)
+
+# Protobuf wire types.
+_VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
+
+_F32 = np.dtype("<f4")
+_MASK64 = (1 << 64) - 1
+
+
+class DecodeError(ValueError):
+    """The bytes are not a well-formed serialized `tf.train.Example`."""
+
+
+class BadRecord(Exception):
+    """A speech record that cannot be used, with a machine-readable reason (one of BAD_RECORD_REASONS)."""
+
+    def __init__(self, reason: str, detail: str):
+        assert reason in BAD_RECORD_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+def _varint(value: int) -> bytes:
+    value &= _MASK64  # negative int64 -> ten-byte two's complement, as protobuf does
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _len_field(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview | str | np.bytes_ | np.str_)
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, str | np.str_):
+        return str(value).encode("utf-8")
+    return bytes(value)
+
+
+def _encode_feature(key: str, value: Any) -> bytes:
+    """Serializes one Feature message for ``value`` (see `encode_example` for the type rules)."""
+    if _is_text(value):
+        return _len_field(0x0A, _len_field(0x0A, _as_bytes(value)))
+    if isinstance(value, bool | int | np.integer):
+        return _len_field(0x1A, _len_field(0x0A, _varint(int(value))))
+    if isinstance(value, float | np.floating):
+        return _len_field(0x12, _len_field(0x0A, np.asarray([value], _F32).tobytes()))
+    if isinstance(value, np.ndarray):
+        array = value.reshape(-1)
+        if array.dtype.kind in "SUO":
+            return _encode_bytes_list([_as_bytes(v) for v in array])
+        if array.dtype.kind in "biu":
+            return _encode_int64_list(array)
+        if array.dtype.kind == "f":
+            return _encode_float_list(array)
+        raise TypeError(f"feature {key!r}: cannot encode a numpy array of dtype {array.dtype}")
+    if isinstance(value, Iterable):
+        items = list(value)
+        if not items:
+            raise TypeError(f"feature {key!r}: an empty list has no type; pass a typed numpy array")
+        if all(_is_text(v) for v in items):
+            return _encode_bytes_list([_as_bytes(v) for v in items])
+        if all(isinstance(v, bool | int | np.integer) for v in items):
+            return _encode_int64_list(np.asarray(items, dtype=np.int64))
+        if all(isinstance(v, bool | int | float | np.integer | np.floating) for v in items):
+            return _encode_float_list(np.asarray(items, dtype=np.float64))
+        raise TypeError(f"feature {key!r}: a list must hold only bytes/str, only ints or only numbers")
+    raise TypeError(f"feature {key!r}: cannot encode a value of type {type(value).__name__}")
+
+
+def _encode_bytes_list(items: list[bytes]) -> bytes:
+    return _len_field(0x0A, b"".join(_len_field(0x0A, v) for v in items))
+
+
+def _encode_float_list(array: np.ndarray) -> bytes:
+    packed = np.ascontiguousarray(array, dtype=_F32).tobytes()
+    return _len_field(0x12, _len_field(0x0A, packed) if packed else b"")
+
+
+def _encode_int64_list(array: np.ndarray) -> bytes:
+    if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise OverflowError("an int64 feature cannot hold values above 2**63 - 1")
+    packed = b"".join(_varint(int(v)) for v in array.tolist())
+    return _len_field(0x1A, _len_field(0x0A, packed) if packed else b"")
+
+
+def encode_example(features: Mapping[str, Any]) -> bytes:
+    """Serializes a `tf.train.Example` holding ``features``.
+
+    Type rules per value: ``bytes``/``str`` or a list of them -> BytesList (str as UTF-8); a float, a
+    float numpy array or a list of numbers with a float in it -> packed FloatList (float32); an int, an
+    integer numpy array or a list of ints -> packed Int64List. Multi-dimensional arrays are flattened.
+
+    Args:
+        features: feature name -> value.
+
+    Returns:
+        The serialized Example, byte-identical to TensorFlow's deterministic serialization.
+
+    Raises:
+        TypeError: a value of an unsupported type, or an empty Python list (its kind is unknown).
+    """
+    entries = []
+    for key in sorted(features, key=lambda k: k.encode("utf-8")):
+        entry = _len_field(0x0A, key.encode("utf-8")) + _len_field(0x12, _encode_feature(key, features[key]))
+        entries.append(_len_field(0x0A, entry))
+    return _len_field(0x0A, b"".join(entries))
+
+
+def encode_speech(
+    audio: np.ndarray,
+    text: str,
+    dataset_name: str,
+    sample_id: str,
+    sample_rate: int = SAMPLE_RATE,
+) -> bytes:
+    """Serializes one speech clip in the seed schema.
+
+    Args:
+        audio: mono waveform, converted to float32.
+        text: transcript.
+        dataset_name: name of the source corpus (used for per-source statistics and metrics).
+        sample_id: unique id of the clip within its corpus.
+        sample_rate: samples per second of ``audio``.
+
+    Returns:
+        The serialized Example with ``audio``, ``audio_len``, ``sample_rate``, ``duration``
+        (= len / sample_rate), ``text``, ``dataset_name`` and ``sample_id``.
+    """
+    wave = np.ascontiguousarray(np.asarray(audio, dtype=_F32).reshape(-1))
+    return encode_example(
+        {
+            "audio": wave,
+            "audio_len": int(wave.size),
+            "sample_rate": int(sample_rate),
+            "duration": float(wave.size) / float(sample_rate),
+            "text": text,
+            "dataset_name": dataset_name,
+            "sample_id": sample_id,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise DecodeError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result & _MASK64, pos
+        shift += 7
+        if shift >= 70:
+            raise DecodeError("varint longer than 10 bytes")
+
+
+def _fields(buf: bytes, pos: int, end: int):
+    """Yields (field number, wire type, value) over a message; LEN values are (start, stop) spans.
+
+    Unknown fields are yielded too; the callers ignore the numbers they do not know.
+    """
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise DecodeError("field number 0")
+        if wire == _VARINT:
+            value, pos = _read_varint(buf, pos, end)
+            yield number, wire, value
+        elif wire == _LEN:
+            size, pos = _read_varint(buf, pos, end)
+            stop = pos + size
+            if stop > end:
+                raise DecodeError(f"length-delimited field {number} runs past its message")
+            yield number, wire, (pos, stop)
+            pos = stop
+        elif wire == _I32:
+            if pos + 4 > end:
+                raise DecodeError("truncated fixed32")
+            yield number, wire, pos
+            pos += 4
+        elif wire == _I64:
+            if pos + 8 > end:
+                raise DecodeError("truncated fixed64")
+            yield number, wire, pos
+            pos += 8
+        elif wire == _SGROUP:
+            pos = _skip_group(buf, pos, end, number)
+        else:
+            raise DecodeError(f"invalid wire type {wire} for field {number}")
+
+
+def _skip_group(buf: bytes, pos: int, end: int, number: int) -> int:
+    """Skips a (deprecated) group up to its matching end tag; groups only occur as unknown fields here."""
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end)
+        inner, wire = key >> 3, key & 7
+        if wire == _EGROUP:
+            if inner != number:
+                raise DecodeError("mismatched end-group tag")
+            return pos
+        if wire == _VARINT:
+            _, pos = _read_varint(buf, pos, end)
+        elif wire == _LEN:
+            size, pos = _read_varint(buf, pos, end)
+            pos += size
+        elif wire == _I32:
+            pos += 4
+        elif wire == _I64:
+            pos += 8
+        elif wire == _SGROUP:
+            pos = _skip_group(buf, pos, end, inner)
+        else:
+            raise DecodeError(f"invalid wire type {wire} in group")
+        if pos > end:
+            raise DecodeError("group runs past its message")
+    raise DecodeError("unterminated group")
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class _Feature:
+    """One Feature while parsing: its kind (1 bytes, 2 float, 3 int64, 0 unset) and its value chunks."""
+
+    __slots__ = ("chunks", "kind")
+
+    def __init__(self) -> None:
+        self.kind = 0
+        self.chunks: list = []
+
+    def merge(self, buf: bytes, start: int, stop: int) -> None:
+        for number, wire, value in _fields(buf, start, stop):
+            if number not in (1, 2, 3):
+                continue
+            if wire != _LEN:
+                raise DecodeError(f"Feature field {number} has wire type {wire}, expected length-delimited")
+            if number != self.kind:  # a different oneof member replaces the earlier one
+                self.kind = number
+                self.chunks = []
+            self.chunks.append(value)
+
+    def value(self, buf: bytes) -> np.ndarray | list[bytes]:
+        if self.kind == 2:
+            return _float_values(buf, self.chunks)
+        if self.kind == 3:
+            return _int64_values(buf, self.chunks)
+        out: list[bytes] = []  # kind 1, or unset: an unset Feature decodes as an empty bytes list
+        for start, stop in self.chunks:
+            for number, wire, value in _fields(buf, start, stop):
+                if number == 1:
+                    if wire != _LEN:
+                        raise DecodeError(f"BytesList value has wire type {wire}")
+                    out.append(bytes(buf[value[0] : value[1]]))
+        return out
+
+
+def _unpacked_floats(buf: bytes, start: int, stop: int) -> np.ndarray | None:
+    """Fast path for a FloatList written unpacked: tag 0x0D + 4 bytes, repeated; None if not that shape."""
+    if stop <= start or (stop - start) % 5:
+        return None
+    rows = np.frombuffer(buf, np.uint8, count=stop - start, offset=start).reshape(-1, 5)
+    if not (rows[:, 0] == 0x0D).all():
+        return None
+    return np.ascontiguousarray(rows[:, 1:]).view(_F32).reshape(-1)
+
+
+def _float_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
+    parts: list[np.ndarray] = []
+    for start, stop in chunks:
+        unpacked = _unpacked_floats(buf, start, stop)
+        if unpacked is not None:
+            parts.append(unpacked)
+            continue
+        for number, wire, value in _fields(buf, start, stop):
+            if number != 1:
+                continue
+            if wire == _LEN:
+                lo, hi = value
+                if (hi - lo) % 4:
+                    raise DecodeError("packed float list length is not a multiple of 4")
+                parts.append(np.frombuffer(buf, dtype=_F32, count=(hi - lo) // 4, offset=lo))
+            elif wire == _I32:
+                parts.append(np.frombuffer(buf, dtype=_F32, count=1, offset=value))
+            else:
+                raise DecodeError(f"FloatList value has wire type {wire}")
+    if len(parts) == 1:
+        return parts[0]  # the common packed case: a view over ``buf``, no copy
+    if not parts:
+        return np.zeros(0, _F32)
+    return np.concatenate(parts).astype(_F32, copy=False)
+
+
+def _int64_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
+    values: list[int] = []
+    for start, stop in chunks:
+        for number, wire, value in _fields(buf, start, stop):
+            if number != 1:
+                continue
+            if wire == _VARINT:
+                values.append(_signed64(value))
+            elif wire == _LEN:
+                pos, hi = value
+                while pos < hi:
+                    v, pos = _read_varint(buf, pos, hi)
+                    values.append(_signed64(v))
+            else:
+                raise DecodeError(f"Int64List value has wire type {wire}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def _parse_features(buf: bytes) -> dict[str, _Feature]:
+    """Parses an Example into name -> _Feature without materialising any values."""
+    features: dict[str, _Feature] = {}
+    end = len(buf)
+    for number, wire, value in _fields(buf, 0, end):
+        if number != 1:
+            continue
+        if wire != _LEN:
+            raise DecodeError(f"Example.features has wire type {wire}")
+        for fnum, fwire, entry in _fields(buf, value[0], value[1]):
+            if fnum != 1:
+                continue
+            if fwire != _LEN:
+                raise DecodeError(f"Features map entry has wire type {fwire}")
+            key = b""
+            feature = _Feature()
+            for enum, ewire, evalue in _fields(buf, entry[0], entry[1]):
+                if enum == 1 and ewire == _LEN:
+                    key = bytes(buf[evalue[0] : evalue[1]])
+                elif enum == 2 and ewire == _LEN:
+                    feature.merge(buf, evalue[0], evalue[1])
+                elif enum in (1, 2):
+                    raise DecodeError(f"Features map entry field {enum} has wire type {ewire}")
+            try:
+                name = key.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DecodeError(f"feature name is not UTF-8: {key!r}") from e
+            features[name] = feature  # a repeated key replaces the earlier entry, as in protobuf maps
+    return features
+
+
+def _as_buffer(data: bytes | bytearray | memoryview) -> bytes:
+    # np.frombuffer views need an object that owns the bytes; a bytes object is also the fastest to index.
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def decode_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
+    """Parses a serialized `tf.train.Example`.
+
+    Args:
+        data: the serialized Example.
+
+    Returns:
+        Feature name -> value: a float32 array for a FloatList (a read-only zero-copy view over ``data``
+        when it was written packed in one piece, as TensorFlow does), an int64 array for an Int64List and a
+        list of bytes for a BytesList (or a Feature with no kind set).
+
+    Raises:
+        DecodeError: the bytes are not a well-formed Example.
+    """
+    buf = _as_buffer(data)
+    return {name: feature.value(buf) for name, feature in _parse_features(buf).items()}
+
+
+# ------------------------------------------------------------------------------------- speech records
+
+
+@dataclass(frozen=True)
+class SpeechRecord:
+    """One decoded clip of the seed schema. ``audio`` is a read-only view over the serialized bytes."""
+
+    audio: np.ndarray
+    audio_len: int
+    sample_rate: int
+    duration: float
+    text: str
+    dataset_name: str
+    sample_id: str
+
+
+@dataclass(frozen=True)
+class SpeechMeta:
+    """The cheap part of a speech record: everything but the waveform (see `peek_speech_meta`)."""
+
+    audio_len: int
+    sample_rate: int
+    duration: float
+    dataset_name: str
+    sample_id: str
+
+
+def _require(features: dict[str, _Feature], name: str, kind: int) -> _Feature:
+    feature = features.get(name)
+    if feature is None:
+        raise BadRecord("missing_feature", f"required feature {name!r} is absent")
+    if feature.kind != kind:
+        names = {0: "unset", 1: "bytes_list", 2: "float_list", 3: "int64_list"}
+        raise BadRecord(
+            "missing_feature", f"feature {name!r} is a {names[feature.kind]}, expected {names[kind]}"
+        )
+    return feature
+
+
+def _scalar(buf: bytes, features: dict[str, _Feature], name: str, kind: int) -> Any:
+    values = _require(features, name, kind).value(buf)
+    if len(values) != 1:
+        raise BadRecord("missing_feature", f"feature {name!r} holds {len(values)} values, expected 1")
+    return values[0]
+
+
+def _text(buf: bytes, features: dict[str, _Feature], name: str) -> str:
+    raw = _scalar(buf, features, name, 1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord("undecodable", f"feature {name!r} is not valid UTF-8") from e
+
+
+def _parse_or_bad(buf: bytes) -> dict[str, _Feature]:
+    try:
+        return _parse_features(buf)
+    except DecodeError as e:
+        raise BadRecord("undecodable", str(e)) from e
+
+
+def _meta(buf: bytes, features: dict[str, _Feature], expected_rate: int | None) -> SpeechMeta:
+    try:
+        audio_len = int(_scalar(buf, features, "audio_len", 3))
+        sample_rate = int(_scalar(buf, features, "sample_rate", 3))
+        duration = float(_scalar(buf, features, "duration", 2))
+        dataset_name = _text(buf, features, "dataset_name")
+        sample_id = _text(buf, features, "sample_id")
+    except DecodeError as e:
+        raise BadRecord("undecodable", str(e)) from e
+    if expected_rate is not None and sample_rate != expected_rate:
+        raise BadRecord("wrong_sample_rate", f"sample_rate is {sample_rate}, expected {expected_rate}")
+    if sample_rate <= 0:
+        raise BadRecord("wrong_sample_rate", f"sample_rate is {sample_rate}")
+    return SpeechMeta(audio_len, sample_rate, duration, dataset_name, sample_id)
+
+
+def peek_speech_meta(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> SpeechMeta:
+    """Reads a speech record's metadata without looking at the waveform's samples.
+
+    Cheaper than `decode_speech` (no finiteness scan); checks only the metadata features.
+
+    Raises:
+        BadRecord: undecodable bytes, a missing metadata feature or a wrong sample rate.
+    """
+    buf = _as_buffer(data)
+    return _meta(buf, _parse_or_bad(buf), expected_rate)
+
+
+def decode_speech(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> SpeechRecord:
+    """Decodes and validates a seed-schema speech record.
+
+    Args:
+        data: a serialized Example.
+        expected_rate: the sample rate every record must have (None accepts any positive rate).
+
+    Returns:
+        The record, with ``audio`` a zero-copy float32 view over ``data`` when it was written packed.
+
+    Raises:
+        BadRecord: with ``reason`` one of ``undecodable`` (not an Example, or text that is not UTF-8),
+            ``missing_feature`` (absent, of the wrong kind, or not exactly one value for a scalar),
+            ``audio_len_mismatch``, ``non_finite_audio`` or ``wrong_sample_rate``.
+    """
+    buf = _as_buffer(data)
+    features = _parse_or_bad(buf)
+    meta = _meta(buf, features, expected_rate)
+    try:
+        audio = _require(features, "audio", 2).value(buf)
+        text = _text(buf, features, "text")
+    except DecodeError as e:
+        raise BadRecord("undecodable", str(e)) from e
+    if audio.size != meta.audio_len:
+        raise BadRecord(
+            "audio_len_mismatch", f"audio_len is {meta.audio_len} but audio has {audio.size} samples"
+        )
+    if not np.isfinite(audio).all():
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        raise BadRecord("non_finite_audio", f"{bad} of {audio.size} samples are NaN or Inf")
+    return SpeechRecord(
+        audio=audio,
+        audio_len=meta.audio_len,
+        sample_rate=meta.sample_rate,
+        duration=meta.duration,
+        text=text,
+        dataset_name=meta.dataset_name,
+        sample_id=meta.sample_id,
+    )
