@@ -7,8 +7,9 @@ dotted overrides (see sawt.configlib).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sawt import configlib
 from sawt.configlib import Frozen
@@ -18,11 +19,152 @@ from trainer.model.config import ModelConfig
 PRESETS_DIR = Path(__file__).parent / "configs"
 
 
+FreezeGroup = Literal["audio_encoder", "embeddings", "experts", "router"]
+
+
+class PrecisionConfig(Frozen):
+    param_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the master weights and of the optimizer state (bfloat16 halves both).",
+    )
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype the forward and backward passes run in: floating params are cast to it inside "
+        "the step; gradients are cast back to param_dtype before the optimizer.",
+    )
+
+
+class TrainConfig(Frozen):
+    steps: int = Field(100, ge=1, description="Total optimizer steps of the run (resume continues to it).")
+    global_batch_size: int = Field(
+        8, ge=1, description="Rows per optimizer step over all processes (split evenly between them)."
+    )
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per step: the global batch is split into this many, gradients summed.",
+    )
+    aux_loss_coef: float = Field(
+        0.001, ge=0, description="Coefficient of the MoE router auxiliary (load-balancing) loss."
+    )
+    freeze: list[FreezeGroup] = Field(
+        default_factory=list,
+        description="Parameter groups left untouched (no gradient, no optimizer state): audio_encoder, "
+        "embeddings, experts, router.",
+    )
+    remat: Literal["none", "full", "dots", "dots_no_batch"] = Field(
+        "none",
+        description="Activation rematerialisation policy: none, full (recompute everything), dots (save "
+        "matmul outputs), dots_no_batch (save matmuls without a batch dimension).",
+    )
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig, description="Mixed-precision policy.")
+    max_nonfinite_steps: int = Field(
+        5,
+        ge=1,
+        description="Stop with an error after this many consecutive steps with a NaN/Inf loss or gradient.",
+    )
+    log_every: int = Field(1, ge=1, description="Steps between stdout and metrics.jsonl records.")
+
+
+class OptimizerConfig(Frozen):
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate (reached after warmup).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to the peak learning rate.")
+    decay: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Schedule after warmup, down to min_lr_ratio x peak at train.steps."
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    b1: float = Field(0.9, description="AdamW first-moment decay.")
+    b2: float = Field(0.95, description="AdamW second-moment decay.")
+    eps: float = Field(1e-8, description="AdamW epsilon.")
+    weight_decay: float = Field(
+        0.01, ge=0, description="Decoupled weight decay (not applied to norms or biases)."
+    )
+    clip_norm: float = Field(1.0, gt=0, description="Global gradient-norm clipping threshold.")
+
+
+class MeshConfig(Frozen):
+    data: int = Field(1, description="Pure data-parallel ways (-1: all devices not used by other axes).")
+    fsdp: int = Field(-1, description="Fully sharded data-parallel ways (-1: all remaining devices).")
+    expert: int = Field(1, description="Expert-parallel ways (MoE experts sharded over it).")
+    tensor: int = Field(1, description="Tensor-parallel ways (heads / MLP hidden sharded over it).")
+
+    @model_validator(mode="after")
+    def _one_fill(self) -> MeshConfig:
+        if [self.data, self.fsdp, self.expert, self.tensor].count(-1) > 1:
+            raise ValueError("at most one mesh axis may be -1")
+        return self
+
+
+class CheckpointConfig(Frozen):
+    dir: str | None = Field(
+        None,
+        description="Checkpoint root: a local path, a GCS FUSE path, or gs://bucket/path (recommended on "
+        "GKE: Orbax commits with a marker file there). Default: RUN_DIR/checkpoints.",
+    )
+    every: int = Field(50, ge=1, description="Steps between checkpoints (one is always saved at the end).")
+    keep_last: int = Field(2, ge=1, description="Most recent checkpoints to keep.")
+    keep_best: int = Field(1, ge=0, description="Checkpoints with the lowest validation WER to keep as well.")
+    async_save: bool = Field(True, description="Write checkpoints in the background while training goes on.")
+    atomicity: Literal["auto", "rename", "commit_file"] = Field(
+        "auto",
+        description="How a step becomes visible: rename (write to a temporary dir, then rename; POSIX only) "
+        "or commit_file (write in place, then a commit_success marker; needed for GCS FUSE on flat "
+        "buckets). auto: commit_file for gs:// and FUSE mounts, rename otherwise.",
+    )
+    sigterm_grace_seconds: float = Field(
+        25.0, gt=0, description="After SIGTERM, save at the next step boundary if one comes within this long."
+    )
+
+
+class EvalConfig(Frozen):
+    every: int = Field(0, ge=0, description="Steps between evaluations (0: only at the end).")
+    split: str = Field("validation", description="Data split to decode.")
+    max_batches: int = Field(4, ge=1, description="Batches per process to decode per evaluation.")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
+    log_examples: int = Field(3, ge=0, description="Reference/hypothesis pairs printed per evaluation.")
+    at_start: bool = Field(False, description="Also evaluate before the first step (the 'WER before').")
+
+
+class MetricsConfig(Frozen):
+    port: int = Field(
+        9400,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port (0: off). Local multi-process runs use port + process index.",
+    )
+    cpu_peak_flops: float = Field(
+        0.0, ge=0, description="Peak FLOP/s per CPU device for MFU (0: measure a matmul at start-up)."
+    )
+
+
+class DistributedConfig(Frozen):
+    heartbeat_timeout_seconds: int = Field(
+        10, ge=1, description="A peer silent for this long is declared dead and every process exits non-zero."
+    )
+    initialization_timeout_seconds: int = Field(
+        300, ge=1, description="How long to wait for all processes to join."
+    )
+
+
 class ExperimentConfig(Frozen):
     seed: int = Field(0, description="Seed for parameter init, data order and sampling.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture of the thinker.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input pipeline.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer location.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop and loss.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="AdamW and its schedule.")
+    mesh: MeshConfig = Field(default_factory=MeshConfig, description="Device mesh axes sizes.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Orbax checkpoints.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Greedy-decoding WER evaluation.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus and MFU.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Multi-process start-up and failure detection."
+    )
+    load_from: str | None = Field(
+        None,
+        description="Start from this model checkpoint (converted HF dir, trainer run dir or step dir) when "
+        "the run has no checkpoint of its own yet.",
+    )
 
 
 def load_experiment(
