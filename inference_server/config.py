@@ -1,0 +1,25 @@
+"""Server settings: limits, batching and long-audio windowing (`sawt serve` flags map onto these)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from sawt.configlib import Frozen
+
+
+class ServerConfig(Frozen):
+    model_name: str = Field(
+        "sawt-asr", description="Model id reported by /v1/models and accepted in requests."
+    )
+    max_batch: int = Field(8, ge=1, description="Decode slots: requests decoded together in one batch.")
+    max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a slot; past it, 429.")
+    max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest accepted request body (413).")
+    max_audio_seconds: float = Field(
+        3600.0, gt=0, description="Longest accepted audio; longer audio is refused with 400."
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="Per-request deadline; past it, 504.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 responses.")
+    window_s: float = Field(30.0, gt=0, description="Audio per model window; longer audio is windowed.")
+    overlap_s: float = Field(4.0, ge=0, description="Overlap between consecutive audio windows (stitched).")
+    max_new_tokens: int = Field(448, ge=1, description="Most tokens generated per audio window.")
+    drain_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight requests.")
