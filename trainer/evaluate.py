@@ -1,0 +1,76 @@
+"""Evaluation: greedy decoding on a held-out split, scored by `trainer.asr_metrics` (WER/CER per source).
+
+Every process reads its own shard of the split; the batches are assembled into global arrays so that the
+model's own generate path runs sharded exactly as in training, and the generated ids are gathered to every
+process before detokenising and scoring (so all processes agree on the result).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from jax.experimental import multihost_utils
+
+from trainer.asr_metrics import score
+from trainer.config import EvalConfig
+
+if TYPE_CHECKING:
+    from trainer.train import Backend
+
+
+def evaluate(
+    cfg: EvalConfig,
+    backend: Backend,
+    params: Any,
+    mesh: Any,
+    process_index: int,
+    process_count: int,
+    rows: int,
+) -> dict[str, Any]:
+    """Decodes up to ``cfg.max_batches`` batches per process and scores them.
+
+    Args:
+        cfg: the eval section.
+        backend: supplies ``make_data``, ``generate`` and ``detokenize``.
+        params: the (sharded) canonical parameter tree.
+        mesh: the device mesh the batch is laid out on.
+        process_index: this process.
+        process_count: all processes.
+        rows: rows per process per batch.
+
+    Returns:
+        `trainer.asr_metrics.score` output plus ``examples`` (a few reference/hypothesis pairs).
+    """
+    from trainer.train import _gather_json, to_global
+
+    assert backend.generate is not None and backend.detokenize is not None
+    data = backend.make_data(cfg.split, process_index, process_count, rows)
+    refs: list[str] = []
+    hyps: list[str] = []
+    sources: list[str] = []
+    for _ in range(cfg.max_batches):
+        try:
+            local = next(data)
+        except StopIteration:
+            break
+        ids = backend.generate(params, to_global(mesh, local), cfg.max_new_tokens)
+        ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
+        meta = local.get("meta", {})
+        valid = np.asarray(local["token_mask"]).any(axis=1).tolist()
+        texts = list(meta.get("text", [""] * len(valid)))
+        names = list(meta.get("dataset_name", ["all"] * len(valid)))
+        gathered = _gather_json({"valid": valid, "text": texts, "source": names})
+        offset = 0
+        for part in gathered:
+            for j, ok in enumerate(part["valid"]):
+                if ok:
+                    refs.append(part["text"][j])
+                    sources.append(part["source"][j])
+                    hyps.append(backend.detokenize([int(t) for t in ids[offset + j] if t >= 0]))
+            offset += len(part["valid"])
+    result = score(refs, hyps, sources)
+    result["examples"] = [
+        {"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[: cfg.log_examples]
+    ]
+    return result
