@@ -1,0 +1,215 @@
+"""Tokenizer, ASR prompt and training labels (interface 3 and the token half of the batch dict).
+
+The tokenizer loads from a local Hugging Face tokenizer directory (``tokenizer.json``, ``tokenizer_config.json``
+and, when a checkpoint ships one, ``chat_template.json`` / ``chat_template.jinja``), exactly as a real checkpoint
+ships it; the demo corpus writes one with the same special tokens as Qwen3-Omni at small ids. Special ids are
+always read from the tokenizer, never hard-coded, so the same code serves the demo and the 30B checkpoint.
+
+The ASR prompt is rendered with the tokenizer's own chat template (one user turn holding [audio, instruction],
+then the generation prompt) and tokenised once per instruction; the single ``<|audio_pad|>`` the template emits
+is then expanded to the clip's encoder token count, as the HF processor does.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<|audio_pad|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# What the ASR user turn asks for, unless the data config says otherwise.
+DEFAULT_INSTRUCTION = "Transcribe the Arabic audio."
+# Pad id of the batch dict (interface 1); pads are masked out, so the id only needs to be a valid one.
+PAD_ID = 0
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A loaded HF tokenizer plus the special ids the data pipeline needs, read from the tokenizer itself.
+
+    Attributes:
+        hf: the ``transformers`` tokenizer (chat template, decoding).
+        directory: where it was loaded from.
+        im_start_id, im_end_id, audio_start_id, audio_end_id, audio_pad_id, endoftext_id: special ids.
+        vocab_size: number of ids (including added tokens).
+    """
+
+    hf: Any
+    directory: str
+    im_start_id: int
+    im_end_id: int
+    audio_start_id: int
+    audio_end_id: int
+    audio_pad_id: int
+    endoftext_id: int
+    vocab_size: int
+    _prompt_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain ``text`` (no special tokens added; special-token strings are not parsed)."""
+        return self.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` over many texts in one call to the Rust tokenizer."""
+        return [e.ids for e in self.hf.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids, *, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids`` (special tokens dropped unless asked for)."""
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+class TokenizerError(ValueError):
+    """The tokenizer directory is missing, unreadable or lacks a token the ASR prompt needs."""
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Loads an HF tokenizer directory and reads the special ids from it.
+
+    Args:
+        directory: a local directory with ``tokenizer.json`` and ``tokenizer_config.json``.
+
+    Returns:
+        The `Tokenizer`.
+
+    Raises:
+        TokenizerError: the directory or a required special token is missing, or it has no chat template.
+    """
+    path = Path(directory)
+    if not (path / "tokenizer.json").is_file():
+        raise TokenizerError(f"{path}: no tokenizer.json here (expected an HF tokenizer directory)")
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # transformers raises many kinds; the user needs the path and the reason
+        raise TokenizerError(f"{path}: cannot load the tokenizer ({err})") from err
+    if not getattr(hf, "chat_template", None):
+        raise TokenizerError(f"{path}: the tokenizer has no chat_template (tokenizer_config.json)")
+
+    def special(name: str) -> int:
+        token_id = hf.convert_tokens_to_ids(name)
+        if token_id is None or token_id == hf.unk_token_id or hf.convert_ids_to_tokens(token_id) != name:
+            raise TokenizerError(f"{path}: the tokenizer has no {name} token")
+        return int(token_id)
+
+    return Tokenizer(
+        hf=hf,
+        directory=str(path),
+        im_start_id=special("<|im_start|>"),
+        im_end_id=special("<|im_end|>"),
+        audio_start_id=special("<|audio_start|>"),
+        audio_end_id=special("<|audio_end|>"),
+        audio_pad_id=special("<|audio_pad|>"),
+        endoftext_id=special("<|endoftext|>"),
+        vocab_size=len(hf),
+    )
+
+
+def asr_messages(instruction: str) -> list[dict]:
+    """The chat messages of an ASR request: one user turn holding the audio, then the instruction."""
+    return [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
+
+
+def _prompt_parts(tok: Tokenizer, instruction: str) -> tuple[list[int], list[int]]:
+    """The prompt's ids before and after its single ``<|audio_pad|>``, rendered by the chat template."""
+    cached = tok._prompt_cache.get(instruction)
+    if cached is not None:
+        return cached
+    rendered = tok.hf.apply_chat_template(
+        asr_messages(instruction), add_generation_prompt=True, tokenize=False
+    )
+    ids = tok.hf(rendered, add_special_tokens=False)["input_ids"]
+    pads = [i for i, t in enumerate(ids) if t == tok.audio_pad_id]
+    if len(pads) != 1:
+        raise TokenizerError(
+            f"{tok.directory}: the chat template rendered {len(pads)} <|audio_pad|> for one audio item, "
+            f"expected 1: {rendered!r}"
+        )
+    parts = (ids[: pads[0]], ids[pads[0] + 1 :])
+    tok._prompt_cache[instruction] = parts
+    return parts
+
+
+def asr_prompt_ids(tok: Tokenizer, n_audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
+    """Token ids of the ASR prompt with ``n_audio_tokens`` audio placeholders.
+
+    With a ChatML template this is ``<|im_start|>user\\n<|audio_start|>`` + n x ``<|audio_pad|>`` +
+    ``<|audio_end|>{instruction}<|im_end|>\\n<|im_start|>assistant\\n``.
+    """
+    before, after = _prompt_parts(tok, instruction)
+    return [*before, *([tok.audio_pad_id] * int(n_audio_tokens)), *after]
+
+
+def prompt_length(tok: Tokenizer, n_audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> int:
+    """Length of `asr_prompt_ids` without building it."""
+    before, after = _prompt_parts(tok, instruction)
+    return len(before) + int(n_audio_tokens) + len(after)
+
+
+def audio_offset(tok: Tokenizer, instruction: str = DEFAULT_INSTRUCTION) -> int:
+    """Index of the first ``<|audio_pad|>`` in the prompt (the same for every clip)."""
+    return len(_prompt_parts(tok, instruction)[0])
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    """The token part of one batch row before padding (see `training_row`)."""
+
+    input_ids: np.ndarray  # int32 [n]
+    targets: np.ndarray  # int32 [n]
+    loss_mask: np.ndarray  # float32 [n]
+    audio_offset: int
+
+
+def training_row(
+    tok: Tokenizer, n_audio_tokens: int, transcript_ids: list[int], instruction: str = DEFAULT_INSTRUCTION
+) -> TrainingRow:
+    """Prompt + ``{transcript}<|im_end|>``, its next-token targets and the loss mask.
+
+    ``targets[i] = input_ids[i + 1]`` (the last position predicts nothing: pad id, mask 0). The loss mask is 1
+    exactly where the target is a transcript token or the final ``<|im_end|>``.
+    """
+    prompt = asr_prompt_ids(tok, n_audio_tokens, instruction)
+    ids = np.asarray([*prompt, *transcript_ids, tok.im_end_id], dtype=np.int32)
+    targets = np.empty_like(ids)
+    targets[:-1] = ids[1:]
+    targets[-1] = PAD_ID
+    loss_mask = np.zeros(ids.size, np.float32)
+    # Position i predicts ids[i + 1]; the answer starts at index len(prompt).
+    loss_mask[len(prompt) - 1 : ids.size - 1] = 1.0
+    return TrainingRow(ids, targets, loss_mask, audio_offset(tok, instruction))
+
+
+@functools.cache
+def chatml_template() -> str:
+    """The ChatML chat template written into the demo tokenizer (Qwen's layout for text and audio parts).
+
+    Audio parts render as ``<|audio_start|><|audio_pad|><|audio_end|>``; the processor (here `asr_prompt_ids`)
+    expands the single pad to the encoder's token count.
+    """
+    return (
+        "{%- for message in messages -%}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+        "{%- if message['content'] is string -%}{{- message['content'] -}}"
+        "{%- else -%}{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'audio' -%}{{- '<|audio_start|><|audio_pad|><|audio_end|>' -}}"
+        "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{{- '<|im_end|>\\n' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    )
