@@ -102,17 +102,23 @@ def merge_pair(left: list[T], right: list[T], max_overlap: int | None = None, mi
     ``max_overlap`` items each); keeps ``left`` up to and including the run and ``right`` after it. With no
     shared run of ``min_match`` items (e.g. silence in the overlap), the two are concatenated.
     """
-    if not left:
-        return list(right)
-    if not right:
-        return list(left)
+    return merge_pair_at(left, right, max_overlap, min_match)[0]
+
+
+def merge_pair_at(
+    left: list[T], right: list[T], max_overlap: int | None = None, min_match: int = 2
+) -> tuple[list[T], int]:
+    """`merge_pair`, also returning where the words new from ``right`` begin in the merged list."""
+    if not left or not right:
+        return [*left, *right], len(left)
     tail_start = 0 if max_overlap is None else max(0, len(left) - max_overlap)
     tail = left[tail_start:]
     head = right if max_overlap is None else right[:max_overlap]
     i, j, n = _longest_common_run(tail, head)
     if n < min(min_match, len(tail), len(head)) or n == 0:
-        return list(left) + list(right)
-    return list(left[: tail_start + i + n]) + list(right[j + n :])
+        return [*left, *right], len(left)
+    cut = tail_start + i + n
+    return [*left[:cut], *right[j + n :]], cut
 
 
 @overload
