@@ -1,0 +1,62 @@
+# sawt trainer image: `sawt train` (and the data tools) on TPU VMs, falling back to CPU where no TPU is found.
+#
+# Build from the repository root, on a workstation or in Cloud Build:
+#   docker build -f images/trainer.Dockerfile -t sawt-trainer:dev .
+# Run (CPU):
+#   docker run --rm sawt-trainer:dev train --config tiny --help
+# See docs/images.md.
+#
+# The `deps` stage is word for word the same in images/server.Dockerfile, so a builder that caches layers
+# installs the pinned dependencies once for both images. tests/images/test_dockerfiles.py keeps them equal.
+
+# ---- deps: interpreter, tini, non-root user and every pinned dependency (changes rarely) ----------------
+FROM python:3.12-slim-bookworm AS deps
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# tini is PID 1: it forwards SIGTERM to the Python process (and its group, -g) and reaps zombies.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+# A numeric UID, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+RUN groupadd --gid 1000 sawt \
+    && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin sawt
+RUN python -m venv /opt/venv
+# The lock pins every transitive dependency, libtpu included (jax[tpu]): one image for TPU and CPU.
+COPY requirements/lock.txt /opt/sawt/lock.txt
+RUN pip install -r /opt/sawt/lock.txt
+
+# ---- trainer: the demo speech synthesiser and our own code (changes often) --------------------------------
+FROM deps AS trainer
+# espeak-ng speaks the demo corpus (`sawt data synth`), which also runs inside this image.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends espeak-ng \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/sawt/src
+COPY pyproject.toml README.md ./
+COPY sawt/ sawt/
+COPY trainer/ trainer/
+COPY inference_server/ inference_server/
+COPY tools/ tools/
+COPY bench/ bench/
+# The dependencies are all in place already; hatchling comes from the lock, so nothing is downloaded here.
+RUN pip install --no-deps --no-build-isolation . \
+    && sawt --help >/dev/null
+
+USER 1000:1000
+WORKDIR /home/sawt
+ENTRYPOINT ["/usr/bin/tini", "-g", "--", "sawt"]
+CMD ["train", "--help"]
+
+ARG SAWT_VERSION=0.1.0
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.title="sawt-trainer" \
+      org.opencontainers.image.description="sawt: fine-tune Qwen3-Omni (thinker) for Arabic speech recognition on TPU (JAX, CPU fallback)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${SAWT_VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.base.name="python:3.12-slim-bookworm"

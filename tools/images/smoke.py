@@ -1,0 +1,233 @@
+"""Builds both images and runs them the way a user would: train two steps on CPU, serve and transcribe a clip.
+
+Each smoke step uses only a command's documented interface (`sawt data synth|convert`, `sawt train`,
+`sawt serve`). A command that is not in the source tree yet makes its step NOT RUN, loudly, never a silent
+pass; `Report.exit_code` then fails the CI run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tools.images.host import Podman, tail
+from tools.images.report import Report, StepFailed, StepNotRunnable, say
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINER_DOCKERFILE = REPO / "images" / "trainer.Dockerfile"
+SERVER_DOCKERFILE = REPO / "images" / "server.Dockerfile"
+TRAINER_IMAGE = "localhost/sawt-trainer:ci"
+SERVER_IMAGE = "localhost/sawt-server:ci"
+IMAGE_UID = 1000  # USER in both Dockerfiles
+CLIP_TEXT = "السلام عليكم ورحمة الله"
+# Who is building each command the smoke runs need, for the NOT RUN message.
+COMMAND_OWNERS = {"data": "engineers A/B", "train": "engineer G", "serve": "engineer H"}
+
+
+def vcs_ref() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def build_image(podman: Podman, dockerfile: Path, tag: str, timeout: float) -> None:
+    """`podman build --pull=never` of `dockerfile` with the repository as context (layers cached)."""
+    log_name = f"build-{dockerfile.stem.replace('.Dockerfile', '')}.log"
+    status = podman.run_logged(
+        log_name,
+        "build",
+        "--pull=never",
+        "--layers",
+        "-f",
+        str(dockerfile),
+        "-t",
+        tag,
+        "--build-arg",
+        f"VCS_REF={vcs_ref()}",
+        str(REPO),
+        timeout=timeout,
+    )
+    if status != 0:
+        raise StepFailed(
+            f"podman build -f {dockerfile.relative_to(REPO)} exited {status}; {tail(podman.logs_dir / log_name)}"
+        )
+
+
+def check_image_user(podman: Podman, image: str) -> None:
+    done = podman.run("run", "--rm", "--network=none", "--entrypoint", "id", image, "-u")
+    if done.stdout.strip() != str(IMAGE_UID):
+        raise StepFailed(f"{image} runs as uid {done.stdout.strip()!r}, expected the non-root {IMAGE_UID}")
+
+
+def require_command(podman: Podman, image: str, command: str, *sub: str) -> None:
+    """Raises StepNotRunnable when `sawt COMMAND` is not in the image yet (its module has not landed)."""
+    done = podman.run("run", "--rm", "--network=none", image, command, *sub, "--help", check=False)
+    if done.returncode == 0:
+        return
+    if "invalid choice" in done.stderr:
+        owner = COMMAND_OWNERS.get(command, "another engineer")
+        raise StepNotRunnable(f"`sawt {' '.join((command, *sub))}` is not in this source tree yet ({owner})")
+    raise StepFailed(
+        f"`sawt {command} {' '.join(sub)} --help` exited {done.returncode}: {done.stderr[-1500:]}"
+    )
+
+
+class SmokeRun:
+    """The smoke steps, sharing one work folder mounted at /data in every container."""
+
+    def __init__(self, podman: Podman, report: Report, timeout: float) -> None:
+        self.podman = podman
+        self.report = report
+        self.timeout = timeout
+        self.data = podman.work_dir / "smoke"
+
+    def prepare(self) -> None:
+        if self.data.exists():
+            subprocess.run(["rm", "-rf", str(self.data)], check=True)
+        self.data.mkdir(parents=True)
+        # The containers run as the image's non-root user, which must own what it writes.
+        os.chown(self.data, IMAGE_UID, IMAGE_UID)
+
+    def run_in(self, image: str, log_name: str, *args: str, extra: tuple[str, ...] = ()) -> None:
+        """Runs `sawt ARGS` in `image` (no network, /data mounted); raises StepFailed on a non-zero exit."""
+        cmd = ("run", "--rm", "--network=none", "-v", f"{self.data}:/data", *extra, image, *args)
+        say(f"    sawt {' '.join(args)}")
+        status = self.podman.run_logged(log_name, *cmd, timeout=self.timeout)
+        if status != 0:
+            raise StepFailed(
+                f"`sawt {' '.join(args)}` exited {status}; {tail(self.podman.logs_dir / log_name)}"
+            )
+
+    # ---- trainer ----------------------------------------------------------------------------------------
+    def trainer_data(self) -> None:
+        require_command(self.podman, TRAINER_IMAGE, "data", "synth")
+        self.run_in(
+            TRAINER_IMAGE, "smoke-data-synth.log", "data", "synth", "--out", "/data/synth", "--n", "12"
+        )
+        self.run_in(
+            TRAINER_IMAGE,
+            "smoke-data-convert.log",
+            "data",
+            "convert",
+            "--src",
+            "/data/synth",
+            "--dst",
+            "/data/arrayrecord",
+        )
+        if not list((self.data / "arrayrecord").rglob("*.array_record*")):
+            raise StepFailed(
+                f"`sawt data convert` wrote no ArrayRecord shard under {self.data / 'arrayrecord'}"
+            )
+
+    def trainer_train(self) -> None:
+        require_command(self.podman, TRAINER_IMAGE, "train")
+        # JAX_PLATFORMS is left unset on purpose: the image must find no TPU and fall back to CPU by itself.
+        self.run_in(
+            TRAINER_IMAGE,
+            "smoke-train.log",
+            "train",
+            "--config",
+            "tiny",
+            "--run-dir",
+            "/data/run",
+            "data.dir=/data/arrayrecord",
+            "tokenizer.dir=/data/synth/tokenizer",
+            "train.steps=2",
+        )
+        if not any((self.data / "run").iterdir()):
+            raise StepFailed(f"`sawt train` exited 0 but wrote nothing under {self.data / 'run'}")
+
+    # ---- server -----------------------------------------------------------------------------------------
+    def server_transcribe(self, checkpoint: str = "/data/run") -> None:
+        require_command(self.podman, SERVER_IMAGE, "serve")
+        self.run_in(
+            TRAINER_IMAGE,
+            "smoke-clip.log",
+            "-w",
+            "/data/clip.wav",
+            "-v",
+            "ar",
+            CLIP_TEXT,
+            extra=("--entrypoint", "espeak-ng"),
+        )
+        port = free_port()
+        name = f"sawt-ci-server-{os.getpid()}"
+        args = ("serve", "--checkpoint", checkpoint, "--host", "0.0.0.0", "--port", str(port))
+        say(f"    sawt {' '.join(args)}  (published on 127.0.0.1:{port})")
+        self.podman.run(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            f"127.0.0.1:{port}:{port}",
+            "-v",
+            f"{self.data}:/data:ro",
+            SERVER_IMAGE,
+            *args,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            self._wait_ready(name, base_url)
+            text = transcribe(base_url, self.data / "clip.wav")
+            say(f"    transcription of the clip by the tiny model: {text!r}")
+            self._stop_drained(name)
+        finally:
+            log = self.podman.run("logs", name, check=False)
+            (self.podman.logs_dir / "smoke-serve.log").write_text(log.stdout + log.stderr)
+            self.podman.run("rm", "-f", name, check=False)  # keep nothing running, whatever happened
+
+    def _wait_ready(self, name: str, base_url: str) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            state = self.podman.run(
+                "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name
+            ).stdout.split()
+            if state[0] != "true":
+                logs = self.podman.run("logs", name, check=False)
+                raise StepFailed(
+                    f"the server exited ({state[1]}) before it was ready:\n{(logs.stdout + logs.stderr)[-3000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/ready", timeout=5).status_code == 200:
+                    return
+            time.sleep(1)
+        raise StepFailed(f"{base_url}/ready did not answer 200 within {self.timeout:.0f} s")
+
+    def _stop_drained(self, name: str) -> None:
+        """SIGTERM must reach the server through tini and end it cleanly, well before podman's SIGKILL."""
+        grace = 30
+        start = time.monotonic()
+        self.podman.run("stop", "-t", str(grace), name, timeout=grace + 30)
+        took = time.monotonic() - start
+        code = self.podman.run("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+        if code != "0":
+            hint = " (killed: SIGTERM did not end it)" if code == "137" else ""
+            raise StepFailed(f"after SIGTERM the server exited {code}{hint}, expected 0, in {took:.0f} s")
+        say(f"    SIGTERM: the server drained and exited 0 in {took:.1f} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def transcribe(base_url: str, clip: Path) -> str:
+    """Transcribes `clip` through the server with the real openai client, as a user's program would."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key=os.environ.get("SAWT_API_KEY", "none"), max_retries=0)
+    model = client.models.list().data[0].id
+    with clip.open("rb") as f:
+        result = client.audio.transcriptions.create(model=model, file=f, response_format="json")
+    if not isinstance(result.text, str):
+        raise StepFailed(f"the transcription response has no text: {result!r}")
+    return result.text
