@@ -50,6 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="skip",
         help="bad records: skip (count and quarantine them) or fail (stop at the first); default: skip",
     )
+    convert.add_argument(
+        "--compression",
+        choices=("none", "zstd", "snappy"),
+        default="none",
+        help="ArrayRecord compression (default: none; records are float audio that barely compresses)",
+    )
+    convert.add_argument(
+        "--sample-rate",
+        type=int,
+        default=16000,
+        help="sample rate every record must have; others are bad records (default: 16000)",
+    )
     convert.set_defaults(func=lambda args: _run("tools.data_convert", args))
 
     inspect = data_sub.add_parser(
@@ -59,6 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "directory or its manifest.json.",
     )
     inspect.add_argument("path", help="ArrayRecord directory or manifest.json")
+    inspect.add_argument(
+        "--scan",
+        action="store_true",
+        help="read every record of the ArrayRecord directory instead of trusting its manifest.json",
+    )
+    inspect.add_argument("--json", action="store_true", help="print the statistics as JSON")
     inspect.set_defaults(func=lambda args: _run("tools.data_inspect", args))
 
 

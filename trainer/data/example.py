@@ -13,9 +13,12 @@ Why a hand-written codec: a speech Example is dominated by one packed float list
 640 KB of little-endian float32). Decoding it is a handful of varint reads plus one ``np.frombuffer`` over
 those bytes, with no copy, instead of building 160,000 Python floats as a generic protobuf parse does.
 
-Encoding follows protobuf's deterministic serialization (map entries sorted by key, both key and value
-written, packed repeated scalars, empty lists omitted), which is what TensorFlow writes with
-``SerializeToString(deterministic=True)``; the goldens in tests/goldens/data/ check this byte for byte.
+Encoding reproduces TensorFlow's ``SerializeToString(deterministic=True)`` byte for byte (checked against
+goldens made with real TensorFlow in tests/goldens/data/): packed repeated scalars, empty lists omitted,
+both key and value written for every map entry, and map entries in the order of protobuf's upb runtime
+(TF's Python default): bytewise ascending, except that a key sorts *after* the keys it is a prefix of
+("audio_len" before "audio"). Other runtimes order prefix keys the other way; every order decodes the same.
+TF's non-deterministic ``SerializeToString()`` uses hash-table order, which no other writer reproduces.
 Decoding accepts everything a conforming protobuf parser accepts: unpacked floats and ints, chunks of both
 mixed, fields in any order, repeated (merged) messages and unknown fields at every level.
 """
@@ -133,6 +136,12 @@ def _encode_int64_list(array: np.ndarray) -> bytes:
     return _len_field(0x1A, _len_field(0x0A, packed) if packed else b"")
 
 
+def _map_key_order(key: str) -> tuple[int, ...]:
+    # upb sorts string keys by memcmp, with a key that is a prefix of another placed after it; the sentinel
+    # 256 (above every byte value) gives exactly that order.
+    return (*key.encode("utf-8"), 256)
+
+
 def encode_example(features: Mapping[str, Any]) -> bytes:
     """Serializes a `tf.train.Example` holding ``features``.
 
@@ -150,7 +159,7 @@ def encode_example(features: Mapping[str, Any]) -> bytes:
         TypeError: a value of an unsupported type, or an empty Python list (its kind is unknown).
     """
     entries = []
-    for key in sorted(features, key=lambda k: k.encode("utf-8")):
+    for key in sorted(features, key=_map_key_order):
         entry = _len_field(0x0A, key.encode("utf-8")) + _len_field(0x12, _encode_feature(key, features[key]))
         entries.append(_len_field(0x0A, entry))
     return _len_field(0x0A, b"".join(entries))
@@ -277,13 +286,17 @@ def _signed64(value: int) -> int:
 
 
 class _Feature:
-    """One Feature while parsing: its kind (1 bytes, 2 float, 3 int64, 0 unset) and its value chunks."""
+    """One Feature while parsing: its kind (1 bytes, 2 float, 3 int64, 0 unset) and the spans of its list.
+
+    Each span is the body of one XList message; protobuf merges repeated occurrences, so there can be
+    several (only in hand-made encodings: TensorFlow always writes one).
+    """
 
     __slots__ = ("chunks", "kind")
 
-    def __init__(self) -> None:
-        self.kind = 0
-        self.chunks: list = []
+    def __init__(self, kind: int = 0, chunks: list | None = None) -> None:
+        self.kind = kind
+        self.chunks: list[tuple[int, int]] = chunks if chunks is not None else []
 
     def merge(self, buf: bytes, start: int, stop: int) -> None:
         for number, wire, value in _fields(buf, start, stop):
@@ -300,20 +313,24 @@ class _Feature:
         if self.kind == 2:
             return _float_values(buf, self.chunks)
         if self.kind == 3:
-            return _int64_values(buf, self.chunks)
-        out: list[bytes] = []  # kind 1, or unset: an unset Feature decodes as an empty bytes list
-        for start, stop in self.chunks:
-            for number, wire, value in _fields(buf, start, stop):
-                if number == 1:
-                    if wire != _LEN:
-                        raise DecodeError(f"BytesList value has wire type {wire}")
-                    out.append(bytes(buf[value[0] : value[1]]))
-        return out
+            return np.asarray(_int_values(buf, self.chunks), dtype=np.int64)
+        return _bytes_values(buf, self.chunks)  # kind 1, or unset: an empty bytes list
+
+
+def _single_packed(buf: bytes, lo: int, hi: int) -> tuple[int, int] | None:
+    """(start, stop) of the payload when the list body is exactly one packed field 1, else None."""
+    if hi - lo < 2 or buf[lo] != 0x0A:
+        return None
+    n = buf[lo + 1]
+    start = lo + 2
+    if n >= 0x80:
+        n, start = _read_varint(buf, lo + 1, hi)
+    return (start, hi) if start + n == hi else None
 
 
 def _unpacked_floats(buf: bytes, start: int, stop: int) -> np.ndarray | None:
     """Fast path for a FloatList written unpacked: tag 0x0D + 4 bytes, repeated; None if not that shape."""
-    if stop <= start or (stop - start) % 5:
+    if stop <= start or (stop - start) % 5 or buf[start] != 0x0D:
         return None
     rows = np.frombuffer(buf, np.uint8, count=stop - start, offset=start).reshape(-1, 5)
     if not (rows[:, 0] == 0x0D).all():
@@ -322,6 +339,11 @@ def _unpacked_floats(buf: bytes, start: int, stop: int) -> np.ndarray | None:
 
 
 def _float_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
+    if len(chunks) == 1:
+        packed = _single_packed(buf, *chunks[0])
+        if packed is not None and not (packed[1] - packed[0]) % 4:
+            # The common case (what TensorFlow writes): a view over ``buf``, no copy.
+            return np.frombuffer(buf, dtype=_F32, count=(packed[1] - packed[0]) // 4, offset=packed[0])
     parts: list[np.ndarray] = []
     for start, stop in chunks:
         unpacked = _unpacked_floats(buf, start, stop)
@@ -341,13 +363,19 @@ def _float_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
             else:
                 raise DecodeError(f"FloatList value has wire type {wire}")
     if len(parts) == 1:
-        return parts[0]  # the common packed case: a view over ``buf``, no copy
+        return parts[0]
     if not parts:
         return np.zeros(0, _F32)
     return np.concatenate(parts).astype(_F32, copy=False)
 
 
-def _int64_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
+def _int_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[int]:
+    if len(chunks) == 1:
+        packed = _single_packed(buf, *chunks[0])
+        if packed is not None:
+            raw = buf[packed[0] : packed[1]]
+            if not raw or max(raw) < 0x80:  # every varint is one byte: values 0..127
+                return list(raw)
     values: list[int] = []
     for start, stop in chunks:
         for number, wire, value in _fields(buf, start, stop):
@@ -362,11 +390,84 @@ def _int64_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
                     values.append(_signed64(v))
             else:
                 raise DecodeError(f"Int64List value has wire type {wire}")
-    return np.asarray(values, dtype=np.int64)
+    return values
 
 
-def _parse_features(buf: bytes) -> dict[str, _Feature]:
-    """Parses an Example into name -> _Feature without materialising any values."""
+def _bytes_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[bytes]:
+    out: list[bytes] = []
+    for start, stop in chunks:
+        for number, wire, value in _fields(buf, start, stop):
+            if number == 1:
+                if wire != _LEN:
+                    raise DecodeError(f"BytesList value has wire type {wire}")
+                out.append(buf[value[0] : value[1]])
+    return out
+
+
+class _NotCanonical(Exception):
+    """Internal: the fast parser met something other than TensorFlow's canonical layout."""
+
+
+def _parse_canonical(buf: bytes) -> dict[str, _Feature]:
+    """Parses the layout TensorFlow writes, with no generic field machinery (the hot path).
+
+    Expects exactly one Example.features field; every map entry as key then value with one-byte key
+    length; each Feature with at most one kind field. Anything else raises _NotCanonical and the generic
+    parser takes over, so this only decides speed, never results.
+    """
+    end = len(buf)
+    features: dict[str, _Feature] = {}
+    if end == 0:
+        return features
+    try:
+        if buf[0] != 0x0A:
+            raise _NotCanonical
+        n = buf[1]
+        pos = 2
+        if n >= 0x80:
+            n, pos = _read_varint(buf, 1, end)
+        if pos + n != end:
+            raise _NotCanonical
+        while pos < end:
+            if buf[pos] != 0x0A:
+                raise _NotCanonical
+            n = buf[pos + 1]
+            p = pos + 2
+            if n >= 0x80:
+                n, p = _read_varint(buf, pos + 1, end)
+            stop = p + n
+            klen = buf[p + 1]
+            if buf[p] != 0x0A or klen >= 0x80 or stop > end:
+                raise _NotCanonical
+            kstop = p + 2 + klen
+            if buf[kstop] != 0x12:
+                raise _NotCanonical
+            n = buf[kstop + 1]
+            q = kstop + 2
+            if n >= 0x80:
+                n, q = _read_varint(buf, kstop + 1, end)
+            if q + n != stop:
+                raise _NotCanonical
+            if q == stop:
+                feature = _Feature()
+            else:
+                kind = buf[q]
+                n = buf[q + 1]
+                r = q + 2
+                if n >= 0x80:
+                    n, r = _read_varint(buf, q + 1, end)
+                if r + n != stop or kind not in (0x0A, 0x12, 0x1A):
+                    raise _NotCanonical
+                feature = _Feature(kind >> 3, [(r, stop)])
+            features[buf[p + 2 : kstop].decode("utf-8")] = feature
+            pos = stop
+    except (IndexError, UnicodeDecodeError, DecodeError):
+        raise _NotCanonical from None
+    return features
+
+
+def _parse_generic(buf: bytes) -> dict[str, _Feature]:
+    """Parses any valid encoding of an Example into name -> _Feature."""
     features: dict[str, _Feature] = {}
     end = len(buf)
     for number, wire, value in _fields(buf, 0, end):
@@ -383,7 +484,7 @@ def _parse_features(buf: bytes) -> dict[str, _Feature]:
             feature = _Feature()
             for enum, ewire, evalue in _fields(buf, entry[0], entry[1]):
                 if enum == 1 and ewire == _LEN:
-                    key = bytes(buf[evalue[0] : evalue[1]])
+                    key = buf[evalue[0] : evalue[1]]
                 elif enum == 2 and ewire == _LEN:
                     feature.merge(buf, evalue[0], evalue[1])
                 elif enum in (1, 2):
@@ -394,6 +495,14 @@ def _parse_features(buf: bytes) -> dict[str, _Feature]:
                 raise DecodeError(f"feature name is not UTF-8: {key!r}") from e
             features[name] = feature  # a repeated key replaces the earlier entry, as in protobuf maps
     return features
+
+
+def _parse_features(buf: bytes) -> dict[str, _Feature]:
+    """Parses an Example into name -> _Feature without materialising any values."""
+    try:
+        return _parse_canonical(buf)
+    except _NotCanonical:
+        return _parse_generic(buf)
 
 
 def _as_buffer(data: bytes | bytearray | memoryview) -> bytes:
@@ -459,7 +568,8 @@ def _require(features: dict[str, _Feature], name: str, kind: int) -> _Feature:
 
 
 def _scalar(buf: bytes, features: dict[str, _Feature], name: str, kind: int) -> Any:
-    values = _require(features, name, kind).value(buf)
+    chunks = _require(features, name, kind).chunks
+    values = {1: _bytes_values, 2: _float_values, 3: _int_values}[kind](buf, chunks)
     if len(values) != 1:
         raise BadRecord("missing_feature", f"feature {name!r} holds {len(values)} values, expected 1")
     return values[0]

@@ -110,7 +110,10 @@ def _open_stream(path: Path):
 
 @dataclass(frozen=True)
 class ScanEntry:
-    """One step of `scan_tfrecord`: a good record (``payload``) or a failure (``error``) at ``offset``."""
+    """One step of `scan_tfrecord` at ``offset``: a good record (``payload``, no ``error``) or a failure.
+
+    A bad_data_crc failure still carries the suspect ``payload`` (for quarantine); the others carry none.
+    """
 
     offset: int
     payload: bytes | None = None
@@ -181,6 +184,7 @@ def scan_tfrecord(path: str | Path, *, verify: bool = True) -> Iterator[ScanEntr
             if verify and masked_crc32c(payload) != data_crc:
                 yield ScanEntry(
                     record_offset,
+                    payload=payload,
                     error=TFRecordError(
                         path,
                         record_offset,
