@@ -1,0 +1,75 @@
+"""Attention: the decoder's causal GQA with per-head q/k RMSNorm and RoPE, and the shared softmax kernel."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trainer.model.config import TextConfig
+from trainer.model.layers import Linear, RMSNorm
+from trainer.model.rope import apply_rope
+from trainer.model.sharding import constrain
+
+MASK_VALUE = -1e30  # finite, so fully masked rows (padding) give uniform weights instead of NaN
+
+
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """softmax(q k^T * scale + mask) v with grouped query heads; softmax in fp32.
+
+    Args:
+        q: [B, S, Nq, hd]; k, v: [B, T, Nkv, hd] with Nq a multiple of Nkv (query head h uses KV head
+            h // (Nq/Nkv), as HF's repeat_kv).
+        mask: bool [B, S, T], True where query s may attend to key t.
+        scale: multiplier of the scores.
+
+    Returns:
+        [B, S, Nq, hd] in q's dtype.
+    """
+    b, s, nq, hd = q.shape
+    nkv = k.shape[2]
+    qg = q.reshape(b, s, nkv, nq // nkv, hd)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    return out.reshape(b, s, nq, hd)
+
+
+class TextAttention(nnx.Module):
+    """GQA self-attention of one decoder layer (parameters stacked over layers)."""
+
+    def __init__(self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, stack=(), stack_axes=()):
+        h, nq, nkv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        common = dict(
+            rngs=rngs,
+            param_dtype=param_dtype,
+            compute_dtype=compute_dtype,
+            stack=stack,
+            stack_axes=stack_axes,
+            use_bias=False,
+        )
+        self.q_proj = Linear((h,), (nq, hd), ("embed",), ("heads", "head_dim"), **common)
+        self.k_proj = Linear((h,), (nkv, hd), ("embed",), ("kv_heads", "head_dim"), **common)
+        self.v_proj = Linear((h,), (nkv, hd), ("embed",), ("kv_heads", "head_dim"), **common)
+        self.o_proj = Linear((nq, hd), (h,), ("heads", "head_dim"), ("embed",), **common)
+        norm = dict(
+            eps=cfg.rms_norm_eps, rngs=rngs, param_dtype=param_dtype, stack=stack, stack_axes=stack_axes
+        )
+        self.q_norm = RMSNorm(hd, "head_dim", **norm)
+        self.k_norm = RMSNorm(hd, "head_dim", **norm)
+        self.scale = hd**-0.5
+
+    def qkv(self, x: jax.Array, angles: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projects x [B, S, H] to rotated q [B,S,Nq,hd], rotated k and v [B,S,Nkv,hd]."""
+        q = apply_rope(self.q_norm(self.q_proj(x)), angles)
+        k = apply_rope(self.k_norm(self.k_proj(x)), angles)
+        v = self.v_proj(x)
+        q = constrain(q, ("batch", "seq", "act_heads", None))
+        k = constrain(k, ("batch", "seq", "act_kv_heads", None))
+        v = constrain(v, ("batch", "seq", "act_kv_heads", None))
+        return q, k, v
+
+    def attend(self, q, k, v, mask) -> jax.Array:
+        """Attention over the given keys/values, then o_proj: [B, S, H]."""
+        return self.o_proj(dot_attention(q, k, v, mask, self.scale))

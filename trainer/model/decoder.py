@@ -1,0 +1,117 @@
+"""The MoE text decoder (`model`): embeddings, scanned pre-norm layers, final norm.
+
+Layer l: h = x + Attn(RMSNorm(x)); out = h + MoE(RMSNorm(h)). Parameters of all layers are stacked on a
+leading `layers` axis and the layers run under `jax.lax.scan` (with an optional remat policy), which keeps
+compile time flat in depth. The same layer code serves three modes: the full forward (training), prefill
+(full forward that also returns each layer's K/V) and one decode step against a KV cache.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from trainer.model.attention import TextAttention
+from trainer.model.config import TextConfig
+from trainer.model.layers import Embed, RMSNorm, scan_layers
+from trainer.model.moe import SparseMoE
+from trainer.model.rope import rope_angles
+from trainer.model.sharding import constrain
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers, parameters stacked [L, ...]."""
+
+    def __init__(self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, moe_impl):
+        st = dict(stack=(cfg.num_hidden_layers,), stack_axes=("layers",))
+        norm = dict(eps=cfg.rms_norm_eps, rngs=rngs, param_dtype=param_dtype, **st)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, "embed", **norm)
+        self.self_attn = TextAttention(
+            cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype, **st
+        )
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, "embed", **norm)
+        self.mlp = SparseMoE(
+            cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype, impl=moe_impl, **st
+        )
+
+    def mlp_block(self, h, token_mask):
+        y, stats = self.mlp(self.post_attention_layernorm(h), token_mask)
+        return constrain(h + y, ("batch", "seq", "act_embed")), stats
+
+
+class TextModel(nnx.Module):
+    """`model`: embed_tokens, layers, norm."""
+
+    def __init__(self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, moe_impl="ragged", remat="none"):
+        self.cfg = cfg
+        self.remat = remat
+        self.embed_tokens = Embed(
+            cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype
+        )
+        self.layers = DecoderLayers(
+            cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype, moe_impl=moe_impl
+        )
+        self.norm = RMSNorm(
+            cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, rngs=rngs, param_dtype=param_dtype
+        )
+
+    def angles(self, positions):
+        return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta, self.cfg.mrope_section)
+
+    def __call__(self, x, positions, token_mask, return_kv: bool = False):
+        """Full causal forward.
+
+        Args:
+            x: input embeddings [B, S, H] (text embeddings with audio spliced in).
+            positions: int [B, S] (or [3, B, S]).
+            token_mask: bool [B, S]; keys at False positions are never attended to.
+            return_kv: also return the per-layer rotated K and V [L, B, S, Nkv, hd] (prefill).
+
+        Returns:
+            (hidden [B, S, H] after the final norm, stats {counts, prob_sum: [L, E]}, kv or None).
+        """
+        s = x.shape[1]
+        angles = self.angles(positions)
+        causal = jnp.tril(jnp.ones((s, s), bool))
+        mask = causal[None] & token_mask[:, None, :]
+        x = constrain(x, ("batch", "seq", "act_embed"))
+
+        def body(layer: DecoderLayers, h, _):
+            q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), angles)
+            h = h + layer.self_attn.attend(q, k, v, mask)
+            h, stats = layer.mlp_block(h, token_mask)
+            return h, (stats, (k, v) if return_kv else None)
+
+        h, (stats, kv) = scan_layers(self.layers, body, x, policy=self.remat)
+        return self.norm(h), stats, kv
+
+    def decode(self, x, positions, cache_k, cache_v, lengths):
+        """One token per row against a KV cache.
+
+        Args:
+            x: [B, 1, H] embeddings of the new tokens.
+            positions: int [B, 1].
+            cache_k, cache_v: [L, B, T, Nkv, hd]; slots < lengths[b] hold row b's earlier tokens.
+            lengths: int [B]: the slot where each row's new K/V is written.
+
+        Returns:
+            (hidden [B, 1, H], new cache_k, new cache_v).
+        """
+        b = x.shape[0]
+        t = cache_k.shape[2]
+        angles = self.angles(positions)
+        mask = (jnp.arange(t)[None, :] <= lengths[:, None])[:, None, :]  # [B, 1, T]
+        rows = jnp.arange(b)
+        token_mask = jnp.ones((b, 1), bool)
+
+        def body(layer: DecoderLayers, h, kv):
+            ck, cv = kv
+            q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), angles)
+            ck = ck.at[rows, lengths].set(k[:, 0].astype(ck.dtype))
+            cv = cv.at[rows, lengths].set(v[:, 0].astype(cv.dtype))
+            h = h + layer.self_attn.attend(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
+            h, _ = layer.mlp_block(h, token_mask)
+            return h, (ck, cv)
+
+        h, (cache_k, cache_v) = scan_layers(self.layers, body, x, (cache_k, cache_v))
+        return self.norm(h), cache_k, cache_v

@@ -1,0 +1,94 @@
+"""The canonical parameter tree (preamble interface 4): what conversion writes and trainer/server load.
+
+The tree is a nested dict of arrays whose paths are exactly the Thinker's NNX attribute paths, e.g.
+`model/layers/mlp/experts/gate_proj` [L, E, H, I]. Text and audio layers are stacked on a leading axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trainer.model.config import ModelConfig
+
+
+def param_tree(model: nnx.Module) -> dict:
+    """The canonical nested dict of parameter arrays (the arrays themselves, not copies)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yields ('a/b/c', leaf) pairs of a nested dict in sorted order."""
+    for key in sorted(tree):
+        value = tree[key]
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            yield from flatten(value, path)
+        else:
+            yield path, value
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """Inverse of `flatten`: {'a/b': x} -> {'a': {'b': x}}."""
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def abstract_param_tree(config: ModelConfig) -> dict:
+    """Shapes and dtypes of the canonical tree (jax.ShapeDtypeStruct leaves), without allocating."""
+    from trainer.model.thinker import Thinker
+
+    model = nnx.eval_shape(lambda: Thinker(config, rngs=nnx.Rngs(0)))
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), param_tree(model))
+
+
+def load_param_tree(model: nnx.Module, tree: Mapping[str, Any]) -> None:
+    """Loads a canonical tree into `model` in place, casting to the model's parameter dtype.
+
+    Every path of the model must be present with exactly its shape, and the tree must hold nothing else.
+    Arrays keep their sharding if they are already jax arrays with one; numpy arrays are placed where the
+    model's current parameter lives.
+
+    Raises:
+        ValueError: listing missing, unexpected and wrongly shaped paths.
+    """
+    state = nnx.state(model, nnx.Param)
+    want = dict(flatten(nnx.to_pure_dict(state)))
+    got = dict(flatten(tree))
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    shape_errors = [
+        f"{p}: expected {tuple(want[p].shape)}, got {tuple(got[p].shape)}"
+        for p in sorted(set(want) & set(got))
+        if tuple(want[p].shape) != tuple(got[p].shape)
+    ]
+    if missing or extra or shape_errors:
+        parts = []
+        if missing:
+            parts.append(f"missing: {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected: {', '.join(extra)}")
+        if shape_errors:
+            parts.append("wrong shape: " + "; ".join(shape_errors))
+        raise ValueError("parameter tree does not match the model: " + " | ".join(parts))
+
+    def place(old, new):
+        new = jnp.asarray(new, dtype=old.dtype) if not isinstance(new, jax.Array) else new.astype(old.dtype)
+        sharding = getattr(old, "sharding", None)
+        if sharding is not None and not isinstance(new, jax.core.Tracer) and new.sharding != sharding:
+            new = jax.device_put(new, sharding)
+        return new
+
+    loaded = unflatten({p: place(want[p], got[p]) for p in want})
+    nnx.replace_by_pure_dict(state, loaded)
+    nnx.update(model, state)
