@@ -69,15 +69,18 @@ class TextSide:
         self.audio_pad_id = audio_pad_id
 
     @classmethod
-    def from_tokenizer_dir(cls, path: str, eos_ids: tuple[int, ...]) -> TextSide:
-        """Builds it from an HF tokenizer directory through `trainer.data.text` (one place for prompts)."""
+    def from_tokenizer_dir(cls, path: str, eos_ids: tuple[int, ...] = ()) -> TextSide:
+        """Builds it from an HF tokenizer directory through `trainer.data.text` (one place for prompts).
+
+        Generation stops at ``<|im_end|>``, ``<|endoftext|>`` (ids read from the tokenizer) and ``eos_ids``.
+        """
         from trainer.data import text
 
         tok = text.load_tokenizer(path)
         return cls(
             prompt_ids=lambda n: list(text.asr_prompt_ids(tok, n)),
-            decode=lambda ids: text.decode(tok, ids),
-            stop_ids=frozenset(eos_ids),
+            decode=lambda ids: tok.decode(ids),
+            stop_ids=frozenset({tok.im_end_id, tok.endoftext_id, *eos_ids}),
             audio_pad_id=int(tok.audio_pad_id),
         )
 

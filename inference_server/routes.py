@@ -35,6 +35,7 @@ from trainer.data.audio_io import AudioError, decode_audio
 router = APIRouter()
 
 _MAX_FORM_FIELDS = 16
+_MIN_AUDIO_SECONDS = 0.1  # as OpenAI's API: shorter clips hold no speech
 
 
 @router.get("/health")
@@ -128,6 +129,13 @@ async def create_transcription(request: Request) -> Response:
     except AudioError as err:
         raise ApiError(400, f"Invalid audio file: {err}", param="file", code="invalid_audio") from None
     seconds = len(wave) / 16_000
+    if seconds < _MIN_AUDIO_SECONDS:
+        raise ApiError(
+            400,
+            f"Audio file is too short ({seconds:.3f} s). Minimum audio length is {_MIN_AUDIO_SECONDS} seconds.",
+            param="file",
+            code="audio_too_short",
+        )
     if seconds > config.max_audio_seconds:
         raise ApiError(
             400,

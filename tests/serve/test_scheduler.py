@@ -34,7 +34,7 @@ class ScriptRunner:
         return out
 
     def prefill(self, slot, prompt):
-        self.scripts[slot] = list(prompt) + [EOS]
+        self.scripts[slot] = [*prompt, EOS]
         self.pos[slot] = 1
         return self._onehot(self.scripts[slot][0])
 

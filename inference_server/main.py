@@ -1,0 +1,97 @@
+"""Running the server: the engine from a checkpoint, and uvicorn with a SIGTERM handler that drains.
+
+On SIGTERM (Kubernetes stopping the pod) the server marks itself draining (`/ready` → 503 so the Service
+stops routing to it, new transcriptions → 503), stops accepting connections, lets in-flight requests finish
+for up to ``drain_grace_s``, then stops the engine and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from inference_server.config import ServerConfig
+
+log = logging.getLogger("sawt.serve")
+
+
+def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: int | None = None):
+    """A `ModelEngine` for a model checkpoint directory (preamble interface 6); loading happens in `start`."""
+    from inference_server.model_engine import ModelEngine, TextSide
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint directory not found")
+    from trainer.model_checkpoint import load_model_checkpoint
+
+    model_dir = _resolve(checkpoint)
+    tok_dir = model_dir if (model_dir / "tokenizer.json").is_file() else checkpoint
+    text_side = TextSide.from_tokenizer_dir(str(tok_dir))
+
+    def make_runner():
+        from inference_server.jax_runner import JaxRunner
+
+        model_config, params = load_model_checkpoint(model_dir)
+        return JaxRunner(
+            model_config,
+            params,
+            num_slots=config.max_batch,
+            max_seq_len=max_seq_len,
+            window_s=config.window_s,
+            max_new_tokens=config.max_new_tokens,
+        )
+
+    return ModelEngine(
+        make_runner,
+        text_side,
+        model_name=config.model_name,
+        max_queue=config.max_queue,
+        window_s=config.window_s,
+        overlap_s=config.overlap_s,
+        default_max_new_tokens=config.max_new_tokens,
+    )
+
+
+def _resolve(checkpoint: Path) -> Path:
+    """The model directory: the checkpoint itself, or what the checkpoint resolver finds in a run dir."""
+    try:
+        from trainer.model_checkpoint import resolve_model_dir
+    except ImportError:
+        return checkpoint
+    return Path(resolve_model_dir(checkpoint))
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, marking the app draining on the first SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if not self._app.state.draining:
+            log.info("signal %s: draining (grace %.0f s)", sig, self.config.timeout_graceful_shutdown or 0)
+        self._app.state.draining = True
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after shutdown, which would turn a clean drain into
+            # "killed by SIGTERM" (exit -15). A finished drain is a clean exit.
+            self._captured_signals.clear()
+
+
+def run_server(app: FastAPI, host: str, port: int, drain_grace_s: float, log_level: str = "info") -> None:
+    """Serves ``app`` until SIGTERM/SIGINT, then drains for at most ``drain_grace_s`` seconds."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=os.environ.get("SAWT_ACCESS_LOG") == "1",  # access logs never include headers
+        timeout_graceful_shutdown=max(1, round(drain_grace_s)),
+    )
+    DrainingServer(config, app).run()
