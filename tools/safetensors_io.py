@@ -1,0 +1,291 @@
+"""Streaming safetensors I/O: read one tensor at a time, write shards without holding them in memory.
+
+The safetensors format is an 8-byte little-endian header length, a JSON header mapping each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the end of the header), then the
+raw little-endian bytes. We parse the header ourselves and read each tensor with ``readinto`` straight into
+its destination buffer: a memory map would keep every touched page of a multi-GB shard resident (and
+counted in RSS) for as long as the map is open, which defeats the point of streaming. numpy has no
+bfloat16, so bf16 comes from ``ml_dtypes`` and round-trips bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# HF's `save_pretrained` default shard size (5 GB, decimal).
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file or index is malformed; the message names the file and tensor."""
+
+
+def dtype_from_name(name: str, where: str = "") -> np.dtype:
+    """numpy dtype of a safetensors dtype name (``"BF16"`` -> ml_dtypes.bfloat16)."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise SafetensorsError(f"{where}: unsupported safetensors dtype {name!r}") from None
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """safetensors dtype name of a numpy dtype."""
+    try:
+        return _DTYPE_NAMES[np.dtype(dtype)]
+    except KeyError:
+        raise SafetensorsError(f"dtype {dtype} cannot be stored in safetensors") from None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives on disk."""
+
+    name: str
+    file: Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in `file`
+    nbytes: int
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parses one safetensors file's header: ``({name: TensorInfo}, __metadata__)``."""
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise SafetensorsError(f"{path}: too short to be a safetensors file")
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > 100_000_000:
+            raise SafetensorsError(f"{path}: header length {header_len} is not plausible")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SafetensorsError(f"{path}: header is not valid JSON ({err})") from None
+    size = path.stat().st_size
+    base = 8 + header_len
+    metadata = header.pop("__metadata__", None) or {}
+    tensors = {}
+    for name, entry in header.items():
+        where = f"{path}: tensor {name}"
+        dtype = dtype_from_name(entry.get("dtype", "?"), where)
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, end = entry["data_offsets"]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if end - begin != nbytes or base + end > size:
+            raise SafetensorsError(f"{where}: data offsets {begin}..{end} do not match shape {list(shape)}")
+        tensors[name] = TensorInfo(name, path, dtype, shape, base + begin, nbytes)
+    return tensors, metadata
+
+
+def open_checkpoint(directory: str | Path) -> dict[str, TensorInfo]:
+    """All tensors of an HF checkpoint directory: sharded (with the index) or a single `model.safetensors`.
+
+    Raises:
+        FileNotFoundError: neither the index nor a single file is there.
+        SafetensorsError: the index names a tensor its shard does not hold.
+    """
+    directory = Path(directory)
+    index_path = directory / INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise SafetensorsError(f"{index_path}: not a safetensors index ({err})") from None
+        tensors: dict[str, TensorInfo] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = directory / shard
+            if not shard_path.is_file():
+                raise FileNotFoundError(f"{index_path} names shard {shard}, which is missing")
+            found, _ = read_header(shard_path)
+            tensors.update(found)
+        for name, shard in weight_map.items():
+            if name not in tensors or tensors[name].file.name != shard:
+                raise SafetensorsError(f"{index_path}: tensor {name} is not in shard {shard}")
+        return tensors
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        return read_header(single)[0]
+    shards = sorted(directory.glob("*.safetensors"))
+    if len(shards) == 1:
+        return read_header(shards[0])[0]
+    raise FileNotFoundError(f"{directory}: no {INDEX_FILE} and no {SINGLE_FILE}")
+
+
+def read_into(info: TensorInfo, out: np.ndarray) -> np.ndarray:
+    """Reads one tensor's bytes straight into ``out`` (C-contiguous, its dtype and size)."""
+    if out.nbytes != info.nbytes or not out.flags.c_contiguous:
+        raise SafetensorsError(f"{info.file}: tensor {info.name}: destination buffer does not fit")
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with open(info.file, "rb", buffering=0) as f:
+        f.seek(info.offset)
+        done = 0
+        while done < info.nbytes:
+            n = f.readinto(view[done:])
+            if not n:
+                raise SafetensorsError(f"{info.file}: tensor {info.name}: file ends early")
+            done += n
+    return out
+
+
+def read_tensor(info: TensorInfo) -> np.ndarray:
+    """Reads one tensor into a new array of its own dtype and shape."""
+    return read_into(info, np.empty(info.shape, info.dtype))
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """A tensor to be written: name, dtype and shape are known before its data is."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def plan_shards(tensors: Iterable[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:
+    """Cuts the tensors, in order, into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own)."""
+    shards: list[list[PlannedTensor]] = []
+    size = 0
+    for t in tensors:
+        if not shards or (shards[-1] and size + t.nbytes > max_shard_bytes):
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+class ShardedWriter:
+    """Writes planned tensors, in plan order, into HF-style shards plus `model.safetensors.index.json`.
+
+    The headers are written first (every shape is known up front), then each tensor's bytes are appended as
+    it arrives, so only one tensor is ever in memory. Files are written under temporary names and renamed
+    on `close`, so an interrupted export leaves no half-written shard that looks complete.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        plan: list[PlannedTensor],
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        metadata: Mapping[str, str] | None = None,
+    ):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._shards = plan_shards(plan, max_shard_bytes)
+        self._metadata = {"format": "pt", **(metadata or {})}
+        n = len(self._shards)
+        self._names = (
+            [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        self._queue: Iterator[tuple[int, PlannedTensor]] = (
+            (i, t) for i, shard in enumerate(self._shards) for t in shard
+        )
+        self._file_index = -1
+        self._file = None
+        self.total_bytes = sum(t.nbytes for t in plan)
+
+    def _open(self, index: int) -> None:
+        if self._file is not None:
+            self._finish_file()
+        self._file_index = index
+        header: dict[str, object] = {"__metadata__": self._metadata}
+        offset = 0
+        for t in self._shards[index]:
+            header[t.name] = {
+                "dtype": dtype_name(t.dtype),
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + t.nbytes],
+            }
+            offset += t.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the reference writer does
+        self._file = open(self._tmp(index), "wb")  # noqa: SIM115 (closed in _finish_file)
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+
+    def _tmp(self, index: int) -> Path:
+        return self.directory / (self._names[index] + ".tmp")
+
+    def _finish_file(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Appends the next tensor of the plan; its name, dtype and shape must match the plan."""
+        try:
+            index, planned = next(self._queue)
+        except StopIteration:
+            raise SafetensorsError(f"tensor {name} is not in the export plan") from None
+        if planned.name != name or tuple(array.shape) != planned.shape or array.dtype != planned.dtype:
+            raise SafetensorsError(
+                f"export order broken: expected {planned.name} {list(planned.shape)} {planned.dtype}, "
+                f"got {name} {list(array.shape)} {array.dtype}"
+            )
+        if index != self._file_index:
+            self._open(index)
+        assert self._file is not None
+        self._file.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+
+    def close(self) -> list[Path]:
+        """Finishes the last shard, renames the shards into place and writes the index when sharded."""
+        leftover = next(self._queue, None)
+        if leftover is not None:
+            raise SafetensorsError(f"export incomplete: tensor {leftover[1].name} was never written")
+        if self._file is not None:
+            self._finish_file()
+        paths = []
+        for i, name in enumerate(self._names):
+            os.replace(self._tmp(i), self.directory / name)
+            paths.append(self.directory / name)
+        if len(self._names) > 1:
+            from sawt.fileio import atomic_write_json
+
+            weight_map = {t.name: self._names[i] for i, shard in enumerate(self._shards) for t in shard}
+            atomic_write_json(
+                self.directory / INDEX_FILE,
+                {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
+            )
+        return paths
+
+
+def write_safetensors(
+    directory: str | Path,
+    tensors: Mapping[str, np.ndarray],
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> list[Path]:
+    """Writes an in-memory dict of tensors as HF shards (for tests and small synthetic checkpoints)."""
+    plan = [PlannedTensor(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    writer = ShardedWriter(directory, plan, max_shard_bytes)
+    for k, v in tensors.items():
+        writer.write(k, v)
+    return writer.close()

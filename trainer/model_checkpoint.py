@@ -1,0 +1,293 @@
+"""The model checkpoint directory (preamble interface 6): what `sawt convert` writes and the trainer/server load.
+
+Layout::
+
+    DIR/model_config.json   our ModelConfig as JSON
+    DIR/params/             Orbax PyTree checkpoint of the canonical parameter tree (interface 4)
+    DIR/config.json, tokenizer.json, tokenizer_config.json, chat_template.json, preprocessor_config.json, ...
+                            copied from the HF checkpoint (or the demo tokenizer)
+    DIR/hf_layout.json      (optional) how the HF source named its tensors, so an export restores the names
+
+A trainer step directory (``RUN/checkpoints/<step>/``) holds the same ``params`` item and
+``model_config.json``, so `resolve_checkpoint` accepts a model checkpoint, a step directory or a run
+directory (its latest complete step) alike.
+
+`write_params` saves one leaf at a time with Orbax's partial-save API and then merges the pieces into one
+ordinary PyTree checkpoint, so peak memory is one leaf (not the whole model); host arrays are not
+deep-copied and are written in bounded chunks for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sawt.fileio import atomic_write_text
+
+MODEL_CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+HF_LAYOUT_FILE = "hf_layout.json"
+# Files next to the weights that a model checkpoint carries along (tokenizer, processor, HF config).
+COMPANION_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
+WEIGHT_FILE_PATTERN = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*\.safetensors\.index\.json$")
+# Chunks of at most this size bound the memory Orbax/tensorstore use while writing one big leaf.
+WRITE_CHUNK_BYTES = 256 << 20
+
+PyTree = Any
+
+
+def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    tree: Any = value
+    for name in reversed(path):
+        tree = {name: tree}
+    return tree
+
+
+def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """``{path tuple: leaf}`` of a nested dict."""
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def unflatten(leaves: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """Inverse of `flatten`."""
+    tree: dict[str, Any] = {}
+    for path, value in leaves.items():
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+    return tree
+
+
+def write_params(directory: str | Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> None:
+    """Writes an Orbax PyTree checkpoint at ``directory`` one leaf at a time.
+
+    Args:
+        directory: the checkpoint to create (must not exist).
+        leaves: ``(path, array)`` pairs; each array may be dropped by the caller once the next is requested,
+            so a generator that builds leaves lazily keeps only one in memory.
+    """
+    import orbax.checkpoint.experimental.v1 as ocp1
+    from orbax.checkpoint.experimental.v1 import partial
+
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"{directory} already exists")
+    staging = directory.with_name(directory.name + ".staging")
+    for leftover in (staging, staging.with_name(staging.name + ".partial_save")):
+        shutil.rmtree(leftover, ignore_errors=True)  # an interrupted earlier attempt
+    context = ocp1.Context()
+    # The caller hands us each leaf and never mutates it, so the defensive deep copy would only double memory.
+    context.memory.deepcopy_host_arrays = False
+    context.array.saving.storage_options.chunk_byte_size = WRITE_CHUNK_BYTES
+    with context:
+        wrote = False
+        for path, value in leaves:
+            partial.save(staging, _nest(tuple(path), value))
+            wrote = True
+        if not wrote:
+            raise ValueError("no parameters to save")
+        partial.finalize(staging)
+    # The finalized partial save is a v1 checkpoint whose pytree lives in `state/`; that directory is an
+    # ordinary PyTree checkpoint, which is what interface 6 puts at DIR/params.
+    os.rename(staging / "state", directory)
+    shutil.rmtree(staging)
+
+
+def _param_metadata(params_dir: Path) -> dict[tuple[str, ...], Any]:
+    import orbax.checkpoint as ocp
+
+    meta = ocp.PyTreeCheckpointer().metadata(params_dir)
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+    if tree is None:
+        tree = meta.item_metadata
+    return flatten(tree)
+
+
+def params_metadata(directory: str | Path) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
+    """``{path: (shape, dtype)}`` of a model checkpoint's params, read without loading any array."""
+    params_dir = Path(resolve_checkpoint(directory)) / PARAMS_DIR
+    return {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in _param_metadata(params_dir).items()}
+
+
+def read_params(
+    params_dir: str | Path,
+    paths: Iterable[tuple[str, ...]] | None = None,
+    *,
+    dtype: Any = None,
+    shardings: Mapping[tuple[str, ...], Any] | None = None,
+) -> dict[tuple[str, ...], Any]:
+    """Restores some (default: all) leaves of a params checkpoint.
+
+    Args:
+        params_dir: the Orbax PyTree checkpoint directory.
+        paths: which leaves; None for all.
+        dtype: cast every leaf to this dtype while reading; None keeps the stored dtype.
+        shardings: ``{path: jax.sharding.Sharding}`` to place each leaf on a mesh; without it the leaves come
+            back as host numpy arrays.
+
+    Returns:
+        ``{path: array}``.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    params_dir = Path(params_dir)
+    meta = _param_metadata(params_dir)
+    wanted = list(meta) if paths is None else [tuple(p) for p in paths]
+    for path in wanted:
+        if path not in meta:
+            raise KeyError(f"{params_dir}: no parameter {'/'.join(path)}")
+    item, restore_args = {}, {}
+    for path in wanted:
+        m = meta[path]
+        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(m.dtype)
+        sharding = (shardings or {}).get(path)
+        if sharding is not None:
+            item[path] = jax.ShapeDtypeStruct(tuple(m.shape), out_dtype, sharding=sharding)
+            restore_args[path] = ocp.ArrayRestoreArgs(
+                sharding=sharding, global_shape=tuple(m.shape), dtype=out_dtype
+            )
+        else:
+            item[path] = np.empty((0,), out_dtype)  # structure only; numpy leaves restore as numpy
+            restore_args[path] = ocp.RestoreArgs(restore_type=np.ndarray, dtype=out_dtype)
+    restored = ocp.PyTreeCheckpointer().restore(
+        params_dir,
+        args=ocp.args.PyTreeRestore(
+            item=unflatten(item), restore_args=unflatten(restore_args), partial_restore=paths is not None
+        ),
+    )
+    flat = flatten(restored)
+    return {path: flat[path] for path in wanted}
+
+
+def save_model_checkpoint(
+    directory: str | Path,
+    params: Mapping[str, Any],
+    model_config: Any,
+    copy_files_from: str | Path | None = None,
+) -> Path:
+    """Writes a model checkpoint directory (interface 6) from an in-memory canonical tree.
+
+    Args:
+        directory: where to write; must not exist or be empty.
+        params: the canonical nested dict of arrays (numpy or jax).
+        model_config: a `trainer.model.config.ModelConfig`.
+        copy_files_from: a directory whose tokenizer/config files (not weights) are copied next to it.
+
+    Returns:
+        The checkpoint directory.
+    """
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} exists and is not empty")
+    directory.mkdir(parents=True, exist_ok=True)
+    if copy_files_from is not None:
+        copy_companion_files(copy_files_from, directory)
+    write_params(directory / PARAMS_DIR, flatten(params).items())
+    atomic_write_text(directory / MODEL_CONFIG_FILE, model_config.model_dump_json(indent=2) + "\n")
+    return directory
+
+
+def copy_companion_files(source: str | Path, dest: str | Path) -> list[str]:
+    """Copies config, tokenizer and processor files (everything but weights) from ``source`` to ``dest``."""
+    source, dest = Path(source), Path(dest)
+    copied = []
+    for f in sorted(source.iterdir()):
+        if (
+            not f.is_file()
+            or WEIGHT_FILE_PATTERN.match(f.name)
+            or f.name in (MODEL_CONFIG_FILE, HF_LAYOUT_FILE)
+        ):
+            continue
+        if f.suffix in COMPANION_SUFFIXES or f.name.startswith("tokenizer"):
+            shutil.copy2(f, dest / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / MODEL_CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+
+
+def _complete_steps(path: Path) -> list[tuple[int, Path]]:
+    steps = [(int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
+    # With the commit-file protocol (GCS, FUSE) a step is complete only once commit_success.txt is there;
+    # with atomic rename a numeric directory is complete by construction (in-flight ones carry a tmp suffix).
+    if any((p / "commit_success.txt").exists() for _, p in steps):
+        steps = [(s, p) for s, p in steps if (p / "commit_success.txt").exists()]
+    return sorted((s, p) for s, p in steps if _is_checkpoint(p))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The model checkpoint directory that ``path`` denotes.
+
+    Accepts a model checkpoint (``model_config.json`` + ``params/``), a trainer step directory (same
+    layout), or a trainer run directory: then the latest complete numeric step under ``path`` or
+    ``path/checkpoints``.
+
+    Raises:
+        FileNotFoundError: nothing usable there, with what was looked for.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if _is_checkpoint(path):
+        return path
+    for candidate in (path, path / "checkpoints"):
+        if candidate.is_dir():
+            steps = _complete_steps(candidate)
+            if steps:
+                return steps[-1][1]
+    raise FileNotFoundError(
+        f"{path}: not a model checkpoint (needs {MODEL_CONFIG_FILE} and {PARAMS_DIR}/), nor a run directory "
+        "with complete numeric step directories (in it or in checkpoints/)"
+    )
+
+
+def load_model_config(directory: str | Path) -> Any:
+    """The ModelConfig stored in a checkpoint (resolved like `resolve_checkpoint`)."""
+    from trainer.model.config import ModelConfig
+
+    path = resolve_checkpoint(directory) / MODEL_CONFIG_FILE
+    try:
+        return ModelConfig.model_validate_json(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not a valid model config: {err}") from None
+
+
+def load_model_checkpoint(
+    directory: str | Path, *, dtype: Any = None, shardings: PyTree | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Loads ``(ModelConfig, params)`` from a model checkpoint, step directory or run directory.
+
+    Args:
+        directory: see `resolve_checkpoint`.
+        dtype: cast every parameter to this dtype (e.g. ``jnp.bfloat16``) while reading.
+        shardings: a tree like the params (nested dict) of `jax.sharding.Sharding`, to restore straight onto
+            a mesh; None gives host numpy arrays.
+    """
+    root = resolve_checkpoint(directory)
+    config = load_model_config(root)
+    flat_shardings = flatten(shardings) if shardings is not None else None
+    leaves = read_params(root / PARAMS_DIR, dtype=dtype, shardings=flat_shardings)
+    return config, unflatten(leaves)
+
+
+def read_hf_layout(directory: str | Path) -> dict[str, Any]:
+    """The recorded HF naming of a converted checkpoint (``{}`` when it was not converted from HF)."""
+    path = Path(directory) / HF_LAYOUT_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
