@@ -1,0 +1,545 @@
+"""Renders the Kubernetes manifests of one workload from typed values: `render(values, workload) -> str`.
+
+Pure: Jinja2 templates in k8s/templates (StrictUndefined) over `tools.k8s_values.Values` and the TPU table;
+no kubectl or gcloud. Templates hold the structure of each object; blocks that are data (labels, env,
+volumes, security contexts, resources) are computed here and written with the `toyaml` filter, never
+pasted together as strings. The rendered text is parsed and dumped again, so the output is always
+well-formed YAML in one canonical layout (what the goldens compare).
+
+Regenerate the goldens after a deliberate change: ``.venv/bin/python -m tools.k8s_render --goldens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from tools import alerts, dashboards
+from tools.k8s_values import REPO_ROOT, FuseBucket, Values, load_values
+from tools.tpu_types import ACCELERATOR_LABEL, TOPOLOGY_LABEL, TPU_RESOURCE, TpuSlice
+
+TEMPLATES_DIR = REPO_ROOT / "k8s" / "templates"
+GOLDENS_DIR = REPO_ROOT / "tests" / "goldens" / "deploy"
+
+WORKLOADS = ("train", "batch-infer", "data-convert", "ckpt-convert", "serve", "monitoring")
+# The replicated job of the TPU JobSets; short, because it is part of every pod name.
+REPLICATED_JOB = "slice"
+CONFIG_MOUNT = "/etc/sawt"
+MANAGED_BY = "sawt-deploy"
+GCSFUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
+# Signals (128+N: SIGTERM 143, SIGKILL 137 on preemption or eviction) restart the JobSet like the trainer's
+# own "saved after SIGTERM" exit code; every other non-zero exit is an application error and fails it.
+SIGNAL_EXIT_CODES = tuple(range(128, 256))
+
+
+class RenderError(ValueError):
+    """The values cannot produce valid manifests (named workload, key or object)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block YAML, but multi-line strings as literal blocks and lists of numbers on one line."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    if "\n" in text and not any(line != line.rstrip() for line in text.split("\n")):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text)
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    numbers = bool(items) and all(isinstance(i, int) and not isinstance(i, bool) for i in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=numbers)
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
+
+
+def to_yaml(data: Any) -> str:
+    """One YAML document in the layout of every rendered manifest."""
+    return yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000
+    )
+
+
+def _toyaml(data: Any, indent: int = 0) -> str:
+    """YAML for a data block, indented to sit under a key at column ``indent``; for use in templates."""
+    text = to_yaml(data)
+    if text.endswith("...\n"):  # a bare scalar
+        text = text[: -len("...\n")]
+    lines = text.rstrip("\n").split("\n")
+    return ("\n" + " " * indent).join(lines)
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["toyaml"] = _toyaml
+    env.filters["merge"] = lambda base, extra: {**base, **extra}
+    # Scalars go through YAML too, so that a value like "0" or "on" stays a string.
+    env.filters["q"] = lambda value: _toyaml(value)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data blocks shared by the templates
+
+
+def labels(values: Values, component: str) -> dict[str, str]:
+    """The app.kubernetes.io labels every object carries."""
+    return {
+        "app.kubernetes.io/name": "sawt",
+        "app.kubernetes.io/instance": values.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "sawt",
+        "app.kubernetes.io/version": values.version,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector(values: Values, component: str) -> dict[str, str]:
+    """The stable subset of `labels` that selectors and monitors match on."""
+    keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
+    full = labels(values, component)
+    return {key: full[key] for key in keys}
+
+
+def _env_list(*mappings: dict[str, str]) -> list[dict[str, Any]]:
+    merged: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+    for mapping in mappings:
+        merged.update(mapping)
+    return [{"name": name, "value": str(value)} for name, value in merged.items()]
+
+
+def _fuse_volume(name: str, bucket: FuseBucket, read_only: bool, host_network: bool) -> dict[str, Any]:
+    options = bucket.read_mount_options if read_only else bucket.write_mount_options
+    attributes = {"bucketName": bucket.bucket, "mountOptions": ",".join(options)}
+    if host_network:
+        # The sidecar cannot reach the metadata server's per-pod identity on the node network otherwise.
+        attributes["hostNetworkPodKSA"] = "true"
+    volume: dict[str, Any] = {"driver": GCSFUSE_DRIVER, "volumeAttributes": attributes}
+    if read_only:
+        volume["readOnly"] = True
+    return {"name": name, "csi": volume}
+
+
+class _Mounts:
+    """Collects the volumes and mounts of one pod, and the annotations that GCS FUSE needs."""
+
+    def __init__(self, values: Values, host_network: bool = False) -> None:
+        self.values = values
+        self.host_network = host_network
+        self.volumes: list[dict[str, Any]] = []
+        self.mounts: list[dict[str, Any]] = []
+        self.fuse = False
+        self.cached = False
+
+    def bucket(self, name: str, bucket: FuseBucket, read_only: bool) -> None:
+        self.volumes.append(_fuse_volume(name, bucket, read_only, self.host_network))
+        self.mounts.append({"name": name, "mountPath": bucket.mount_path, "readOnly": read_only})
+        self.fuse = True
+        self.cached = self.cached or read_only
+
+    def config_map(self, name: str, config_map: str) -> None:
+        self.volumes.append({"name": name, "configMap": {"name": config_map}})
+        self.mounts.append({"name": name, "mountPath": CONFIG_MOUNT, "readOnly": True})
+
+    def shm(self) -> None:
+        # JAX and Grain use /dev/shm; the container runtime's default is 64 MiB.
+        self.volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        self.mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+
+    def pod_annotations(self) -> dict[str, str]:
+        if not self.fuse:
+            return {}
+        out = {"gke-gcsfuse/volumes": "true"}
+        for key, value in self.values.storage.sidecar_limits.items():
+            out[f"gke-gcsfuse/{key}"] = str(value)
+        return out
+
+    def all_volumes(self) -> list[dict[str, Any]]:
+        volumes = list(self.volumes)
+        if self.cached and self.values.storage.file_cache_size:
+            # The FUSE sidecar keeps its file cache here; TPU VMs have no local SSD, so RAM it is.
+            volumes.append(
+                {
+                    "name": "gke-gcsfuse-cache",
+                    "emptyDir": {"medium": "Memory", "sizeLimit": self.values.storage.file_cache_size},
+                }
+            )
+        return volumes
+
+
+def _security(values: Values, tpu: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod securityContext, container securityContext) for a TPU or a CPU pod."""
+    sec = values.security
+    pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if not tpu or sec.tpu_run_as_non_root:
+        pod.update(
+            {
+                "runAsNonRoot": True,
+                "runAsUser": sec.run_as_user,
+                "runAsGroup": sec.run_as_group,
+                "fsGroup": sec.fs_group,
+            }
+        )
+    if tpu and sec.privileged:
+        return pod, {"privileged": True}
+    return pod, {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _resources(resources: Any, tpu_chips: int = 0) -> dict[str, Any]:
+    requests = dict(resources.requests)
+    limits = dict(resources.limits)
+    if tpu_chips:
+        # An extended resource: requests must equal limits.
+        requests[TPU_RESOURCE] = str(tpu_chips)
+        limits[TPU_RESOURCE] = str(tpu_chips)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tpu_scheduling(tpu_slice: TpuSlice) -> dict[str, Any]:
+    return {
+        "node_selector": {ACCELERATOR_LABEL: tpu_slice.accelerator, TOPOLOGY_LABEL: tpu_slice.topology},
+        # TPU nodes carry google.com/tpu=present:NoSchedule.
+        "tolerations": [{"key": TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+
+
+def _multislice_env(values: Values, jobset: str) -> dict[str, Any]:
+    """MEGASCALE_* for multislice: JAX finds the DCN coordinator (slice 0, worker 0) from these."""
+    subdomain = jobset  # the JobSet's headless service
+    return {
+        "MEGASCALE_COORDINATOR_ADDRESS": f"{jobset}-{REPLICATED_JOB}-0-0.{subdomain}",
+        "MEGASCALE_NUM_SLICES": str(values.tpu.slices),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-workload contexts
+
+
+def _tpu_pod(values: Values, component: str, tpu_slice: TpuSlice, mounts: _Mounts, env: list, resources: Any):
+    pod_sec, container_sec = _security(values, tpu=True)
+    return {
+        **_tpu_scheduling(tpu_slice),
+        "labels": labels(values, component),
+        "annotations": mounts.pod_annotations(),
+        "pod_security": pod_sec,
+        "container_security": container_sec,
+        "volumes": mounts.all_volumes(),
+        "volume_mounts": mounts.mounts,
+        "env": env,
+        "resources": _resources(resources, tpu_slice.chips_per_host),
+    }
+
+
+def _jobset_context(values: Values, component: str, jobset: str, mounts: _Mounts, env_extra: dict) -> dict:
+    tpu_slice = values.tpu.slice
+    env = dict(env_extra)
+    if values.tpu.slices > 1:
+        env.update(_multislice_env(values, jobset))
+    env_list = _env_list(env)
+    if values.tpu.slices > 1:
+        env_list.append(
+            {
+                "name": "MEGASCALE_SLICE_ID",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['jobset.sigs.k8s.io/job-index']"}},
+            }
+        )
+    resources = values.train.resources if component == "train" else values.batch_infer.resources
+    return {
+        "jobset": jobset,
+        "replicated_job": REPLICATED_JOB,
+        "slice": tpu_slice,
+        "pod": _tpu_pod(values, component, tpu_slice, mounts, env_list, resources),
+        "restartable_exit_codes": [values.train.restart_exit_code, *SIGNAL_EXIT_CODES],
+    }
+
+
+def _train_context(values: Values) -> dict[str, Any]:
+    train = values.train
+    jobset = f"{values.name}-{train.run_name}"
+    mounts = _Mounts(values, values.network.host_network)
+    mounts.config_map("config", f"{jobset}-config")
+    mounts.bucket("data", values.storage.data, read_only=True)
+    mounts.bucket("models", values.storage.models, read_only=True)
+    if values.storage.checkpoints.mode == "fuse":
+        mounts.bucket("checkpoints", values.storage.checkpoints.bucket, read_only=False)
+    mounts.shm()
+    command = [
+        "sawt",
+        "train",
+        "--config",
+        f"{CONFIG_MOUNT}/config.yaml",
+        "--run-dir",
+        values.storage.checkpoints.run_dir(train.run_name),
+        "--metrics-port",
+        str(values.metrics.port),
+        *train.overrides,
+    ]
+    return {
+        **_jobset_context(values, "train", jobset, mounts, train.env),
+        "config_map": f"{jobset}-config",
+        "config_yaml": yaml.safe_dump(train.config, sort_keys=False, allow_unicode=True),
+        "command": command,
+    }
+
+
+def _batch_infer_context(values: Values) -> dict[str, Any]:
+    job = values.batch_infer
+    jobset = f"{values.name}-{job.name}"
+    storage = values.storage
+    mounts = _Mounts(values, values.network.host_network)
+    mounts.bucket("data", storage.data, read_only=True)
+    mounts.bucket("models", storage.models, read_only=True)
+    mounts.bucket("outputs", storage.outputs, read_only=False)
+    mounts.shm()
+    command = [
+        "sawt",
+        "batch-infer",
+        "--checkpoint",
+        f"{storage.models.mount_path.rstrip('/')}/{job.checkpoint}",
+        "--data",
+        f"{storage.data.mount_path.rstrip('/')}/{job.data}",
+        "--out",
+        f"{storage.outputs.mount_path.rstrip('/')}/{job.out}",
+        *job.args,
+    ]
+    return {**_jobset_context(values, "batch-infer", jobset, mounts, job.env), "command": command}
+
+
+def _convert_context(values: Values, workload: str) -> dict[str, Any]:
+    job = values.data_convert if workload == "data-convert" else values.ckpt_convert
+    bucket = values.storage.data if workload == "data-convert" else values.storage.models
+    mounts = _Mounts(values)
+    mounts.bucket("work", bucket, read_only=False)
+    root = bucket.mount_path.rstrip("/")
+    if workload == "data-convert":
+        command = ["sawt", "data", "convert", "--src", f"{root}/{job.src}", "--dst", f"{root}/{job.dst}"]
+    else:
+        command = [
+            "sawt",
+            "convert",
+            "hf-to-orbax",
+            "--src",
+            f"{root}/{job.src}",
+            "--dst",
+            f"{root}/{job.dst}",
+        ]
+    if job.shards > 1:
+        # The Job controller sets JOB_COMPLETION_INDEX in every pod of an Indexed Job.
+        command += ["--shard-index", "$(JOB_COMPLETION_INDEX)", "--num-shards", str(job.shards)]
+    pod_sec, container_sec = _security(values, tpu=False)
+    return {
+        "job": job,
+        "job_name": f"{values.name}-{job.name}",
+        "command": [*command, *job.args],
+        "pod": {
+            "labels": labels(values, workload),
+            "annotations": mounts.pod_annotations(),
+            "pod_security": pod_sec,
+            "container_security": container_sec,
+            "volumes": mounts.all_volumes(),
+            "volume_mounts": mounts.mounts,
+            "env": [
+                *_env_list(),
+                {
+                    "name": "JOB_COMPLETION_INDEX",
+                    "valueFrom": {
+                        "fieldRef": {
+                            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                        }
+                    },
+                },
+            ],
+            "resources": _resources(job.resources),
+        },
+    }
+
+
+def _serve_context(values: Values) -> dict[str, Any]:
+    serve = values.serve
+    tpu_slice = serve.tpu.slice
+    name = f"{values.name}-{serve.name}"
+    mounts = _Mounts(values)
+    mounts.bucket("models", values.storage.models, read_only=True)
+    mounts.shm()
+    command = [
+        "sawt",
+        "serve",
+        "--checkpoint",
+        f"{values.storage.models.mount_path.rstrip('/')}/{serve.checkpoint}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(serve.port),
+        *serve.args,
+    ]
+    if serve.hpa.enabled and tpu_slice.multi_host:
+        raise RenderError(
+            "serve.hpa.enabled: autoscaling is for the single-host Deployment, not a LeaderWorkerSet"
+        )
+    return {
+        "name": name,
+        "slice": tpu_slice,
+        "command": command,
+        "pod": _tpu_pod(values, "serve", tpu_slice, mounts, _env_list(serve.env), serve.resources),
+        "probe_failures_at_startup": max(1, serve.startup_seconds // 10),
+    }
+
+
+def _monitoring_context(values: Values) -> dict[str, Any]:
+    boards = {
+        "training": dashboards.training_dashboard(),
+        "inference": dashboards.inference_dashboard(),
+    }
+    return {
+        "rules": alerts.alert_rules(values.monitoring.alerts),
+        "dashboards": {key: dashboards.dashboard_json(board) for key, board in boards.items()},
+        "operator_labels": {**labels(values, "monitoring"), **values.monitoring.operator_labels},
+        "server": f"{values.name}-{values.serve.name}",
+    }
+
+
+CONTEXTS = {
+    "train": _train_context,
+    "batch-infer": _batch_infer_context,
+    "data-convert": lambda v: _convert_context(v, "data-convert"),
+    "ckpt-convert": lambda v: _convert_context(v, "ckpt-convert"),
+    "serve": _serve_context,
+    "monitoring": _monitoring_context,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def render_text(values: Values, workload: str) -> str:
+    """The raw template output (before normalisation); `render` is what users and goldens see."""
+    if workload not in WORKLOADS:
+        raise RenderError(f"unknown workload {workload!r}; workloads: {', '.join(WORKLOADS)}")
+    template = _environment().get_template(f"{workload}.yaml.j2")
+    context = {
+        "v": values,
+        "workload": workload,
+        "labels": lambda component: labels(values, component),
+        "selector": lambda component: selector(values, component),
+        **CONTEXTS[workload](values),
+    }
+    try:
+        return template.render(context)
+    except jinja2.UndefinedError as err:
+        raise RenderError(f"template {workload}.yaml.j2: {err}") from err
+
+
+def render_objects(values: Values, workload: str) -> list[dict[str, Any]]:
+    """The workload's objects as dicts, in apply order."""
+    text = render_text(values, workload)
+    try:
+        docs = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+    except yaml.YAMLError as err:  # a template bug, not user input; say where
+        raise RenderError(f"template {workload}.yaml.j2 produced invalid YAML: {err}") from err
+    return [doc for doc in docs if doc]
+
+
+def dump_objects(objects: Iterable[dict[str, Any]]) -> str:
+    """Multi-document YAML, one object per document (what `kubectl apply -f -` reads)."""
+    parts = [to_yaml(obj) for obj in objects]
+    return "---\n" + "---\n".join(parts) if parts else ""
+
+
+def render(values: Values, workload: str) -> str:
+    """Renders ``workload`` as multi-document YAML from validated ``values``.
+
+    Args:
+        values: typed values (see `tools.k8s_values.load_values`).
+        workload: one of WORKLOADS.
+
+    Returns:
+        YAML text, one document per Kubernetes object, in apply order.
+
+    Raises:
+        RenderError: unknown workload, or values that cannot make valid objects.
+    """
+    return dump_objects(render_objects(values, workload))
+
+
+def object_file_name(index: int, obj: dict[str, Any]) -> str:
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "-", obj["kind"]).lower()
+    return f"{index:02d}-{kind}-{obj['metadata']['name']}.yaml"
+
+
+def write_objects(objects: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Writes one file per object into ``out_dir`` (created); returns the paths in apply order."""
+    from sawt.fileio import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, obj in enumerate(objects):
+        path = out_dir / object_file_name(index, obj)
+        atomic_write_text(path, dump_objects([obj]))
+        paths.append(path)
+    return paths
+
+
+def golden_path(workload: str) -> Path:
+    return GOLDENS_DIR / f"{workload}.yaml"
+
+
+def write_goldens() -> list[Path]:
+    """Re-renders tests/goldens/deploy/<workload>.yaml from the default values."""
+    from sawt.fileio import atomic_write_text
+
+    values = load_values()
+    GOLDENS_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for workload in WORKLOADS:
+        atomic_write_text(golden_path(workload), render(values, workload))
+        paths.append(golden_path(workload))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Regenerate the deploy goldens, the dashboards JSON and the alert rules file."
+    )
+    parser.add_argument("--goldens", action="store_true", help="rewrite tests/goldens/deploy/*.yaml")
+    parser.add_argument("--dashboards", action="store_true", help="rewrite k8s/dashboards/*.json")
+    parser.add_argument("--alerts", action="store_true", help="rewrite k8s/alerts/sawt-rules.yaml")
+    args = parser.parse_args(argv)
+    everything = not (args.goldens or args.dashboards or args.alerts)
+    written: list[Path] = []
+    if args.dashboards or everything:
+        written += dashboards.write_dashboards()
+    if args.alerts or everything:
+        written.append(alerts.write_rules_file())
+    if args.goldens or everything:
+        written += write_goldens()
+    for path in written:
+        print(path.relative_to(REPO_ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
