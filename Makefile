@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng prometheus
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench
+.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench images-smoke
 
 setup: system-deps $(VENV)/.installed
 
@@ -54,6 +54,11 @@ format: setup
 # Re-pin every transitive dependency from the current venv.
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' | sort > requirements/lock.txt
+
+# Build images/*.Dockerfile with podman from a locally made stand-in base, then smoke-run both images
+# (docs/images.md). Needs root on Debian; SAWT_SKIP_IMAGES=1 skips it, loudly.
+images-smoke: setup
+	$(PY) -m tools.images smoke
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
