@@ -250,6 +250,7 @@ def _fields(buf: bytes, pos: int, end: int):
             pos += 8
         elif wire == _SGROUP:
             pos = _skip_group(buf, pos, end, number)
+            yield number, wire, None
         else:
             raise DecodeError(f"invalid wire type {wire} for field {number}")
 
@@ -300,10 +301,8 @@ class _Feature:
 
     def merge(self, buf: bytes, start: int, stop: int) -> None:
         for number, wire, value in _fields(buf, start, stop):
-            if number not in (1, 2, 3):
-                continue
-            if wire != _LEN:
-                raise DecodeError(f"Feature field {number} has wire type {wire}, expected length-delimited")
+            if number not in (1, 2, 3) or wire != _LEN:
+                continue  # unknown field (a known number with the wrong wire type counts as unknown)
             if number != self.kind:  # a different oneof member replaces the earlier one
                 self.kind = number
                 self.chunks = []
@@ -360,8 +359,6 @@ def _float_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
                 parts.append(np.frombuffer(buf, dtype=_F32, count=(hi - lo) // 4, offset=lo))
             elif wire == _I32:
                 parts.append(np.frombuffer(buf, dtype=_F32, count=1, offset=value))
-            else:
-                raise DecodeError(f"FloatList value has wire type {wire}")
     if len(parts) == 1:
         return parts[0]
     if not parts:
@@ -388,8 +385,6 @@ def _int_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[int]:
                 while pos < hi:
                     v, pos = _read_varint(buf, pos, hi)
                     values.append(_signed64(v))
-            else:
-                raise DecodeError(f"Int64List value has wire type {wire}")
     return values
 
 
@@ -397,9 +392,7 @@ def _bytes_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[bytes]:
     out: list[bytes] = []
     for start, stop in chunks:
         for number, wire, value in _fields(buf, start, stop):
-            if number == 1:
-                if wire != _LEN:
-                    raise DecodeError(f"BytesList value has wire type {wire}")
+            if number == 1 and wire == _LEN:
                 out.append(buf[value[0] : value[1]])
     return out
 
@@ -471,28 +464,30 @@ def _parse_generic(buf: bytes) -> dict[str, _Feature]:
     features: dict[str, _Feature] = {}
     end = len(buf)
     for number, wire, value in _fields(buf, 0, end):
-        if number != 1:
-            continue
-        if wire != _LEN:
-            raise DecodeError(f"Example.features has wire type {wire}")
+        if number != 1 or wire != _LEN:
+            continue  # unknown fields, and known numbers with the wrong wire type, are skipped as protobuf does
         for fnum, fwire, entry in _fields(buf, value[0], value[1]):
-            if fnum != 1:
+            if fnum != 1 or fwire != _LEN:
                 continue
-            if fwire != _LEN:
-                raise DecodeError(f"Features map entry has wire type {fwire}")
             key = b""
             feature = _Feature()
+            unknown = False
             for enum, ewire, evalue in _fields(buf, entry[0], entry[1]):
                 if enum == 1 and ewire == _LEN:
                     key = buf[evalue[0] : evalue[1]]
                 elif enum == 2 and ewire == _LEN:
                     feature.merge(buf, evalue[0], evalue[1])
-                elif enum in (1, 2):
-                    raise DecodeError(f"Features map entry field {enum} has wire type {ewire}")
+                else:
+                    unknown = True
             try:
                 name = key.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DecodeError(f"feature name is not UTF-8: {key!r}") from e
+            if unknown:
+                # protobuf (upb, TF's Python runtime) keeps a map entry with unknown fields out of the map,
+                # as an unknown field of Features, after parsing it fully; do the same.
+                feature.value(buf)
+                continue
             features[name] = feature  # a repeated key replaces the earlier entry, as in protobuf maps
     return features
 
