@@ -105,7 +105,7 @@ def _leaf_dtype(spec: LeafSpec, plan: HfPlan, dtype: np.dtype | None) -> np.dtyp
     keys = spec.hf_keys()
     found = {plan.sources[plan.prefix + k].dtype for _, k in keys}
     if len(found) > 1:
-        raise ConversionError(f"tensors {plan.prefix + spec.hf_key} mix dtypes {sorted(map(str, found))}")
+        raise ConversionError(f"tensors of {'/'.join(spec.path)} mix dtypes {sorted(map(str, found))}")
     return found.pop()
 
 
