@@ -1,0 +1,227 @@
+"""`sawt deploy`: render the GKE TPU manifests of a workload, and apply, inspect or delete them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+WORKLOADS = ("train", "batch-infer", "data-convert", "ckpt-convert", "serve", "monitoring")
+WORKLOAD_HELP = {
+    "train": "JobSet on the training slice (v4-32 by default), config as a ConfigMap",
+    "batch-infer": "JobSet running `sawt batch-infer` over a dataset",
+    "data-convert": "indexed CPU Job running `sawt data convert`",
+    "ckpt-convert": "CPU Job running `sawt convert hf-to-orbax`",
+    "serve": "server Deployment (single-host slice) or LeaderWorkerSet (multi-host) + Service (+ HPA)",
+    "monitoring": "PodMonitoring/Rules (GMP) or PodMonitor/ServiceMonitor/PrometheusRule + Grafana dashboards",
+}
+
+
+def _add_values_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workload", choices=WORKLOADS, metavar="WORKLOAD", help=", ".join(WORKLOADS))
+    parser.add_argument(
+        "-f",
+        "--values",
+        metavar="FILE",
+        default=None,
+        help="values YAML (default: k8s/values/v4-32.yaml); keys are documented in tools/k8s_values.py",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. --set tpu.type=v5p --set tpu.topology=2x4x4 (repeatable)",
+    )
+
+
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "deploy",
+        help="render and manage the GKE TPU workloads (JobSet, Deployment, monitoring)",
+        description="Render Kubernetes manifests from typed values (k8s/templates + k8s/values), and apply, "
+        "inspect or delete them through the Kubernetes API.\n\nWorkloads:\n"
+        + "\n".join(f"  {name:<13} {about}" for name, about in WORKLOAD_HELP.items())
+        + "\n\nExamples:\n"
+        "  sawt deploy render train | kubectl apply --server-side -f -\n"
+        "  sawt deploy render train --set tpu.type=v5p --set tpu.topology=2x4x4 -o build/k8s\n"
+        "  sawt deploy apply serve -f k8s/values/dev.yaml --dry-run\n"
+        "  sawt deploy status train\n"
+        "  sawt deploy logs train --tail 50",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    render = actions.add_parser(
+        "render",
+        help="print the manifests as multi-document YAML (or write one file per object)",
+        description="Render WORKLOAD. The objects are checked (TPU shape, names, ports, labels, security) "
+        "before anything is printed; --validate also checks them against the strict Kubernetes and CRD "
+        "schemas (needs ../shared/schemas).",
+    )
+    _add_values_args(render)
+    render.add_argument(
+        "-o", "--out", metavar="DIR", default=None, help="write one YAML file per object into DIR"
+    )
+    render.add_argument("--validate", action="store_true", help="also validate against strict schemas")
+    render.set_defaults(func=_render)
+
+    apply = actions.add_parser("apply", help="server-side apply the workload's objects")
+    _add_values_args(apply)
+    _add_cluster_args(apply)
+    apply.add_argument("--dry-run", action="store_true", help="print what would be applied; contact nothing")
+    apply.set_defaults(func=_apply)
+
+    status = actions.add_parser(
+        "status", help="summarise the workload: JobSet restarts, Jobs, pods and the last failure reason"
+    )
+    _add_values_args(status)
+    _add_cluster_args(status)
+    status.set_defaults(func=_status)
+
+    logs = actions.add_parser("logs", help="print the logs of the workload's pods")
+    _add_values_args(logs)
+    _add_cluster_args(logs)
+    logs.add_argument("--tail", type=int, default=100, help="lines per pod (default 100; -1 for all)")
+    logs.add_argument("--pod", default=None, help="only this pod (default: every pod of the workload)")
+    logs.set_defaults(func=_logs)
+
+    delete = actions.add_parser("delete", help="delete the workload's objects (and their Jobs and pods)")
+    _add_values_args(delete)
+    _add_cluster_args(delete)
+    delete.add_argument("--dry-run", action="store_true", help="print what would be deleted; contact nothing")
+    delete.add_argument(
+        "--all", action="store_true", help="also delete the shared ServiceAccount and PriorityClass"
+    )
+    delete.set_defaults(func=_delete)
+
+
+def _objects(args: argparse.Namespace, schemas: bool = False) -> list[dict]:
+    """Loads values, renders the workload and refuses objects that fail the lint."""
+    from sawt.cli import UsageError
+    from tools import k8s_lint, k8s_render
+    from tools.k8s_values import load_values
+
+    values = load_values(args.values, args.overrides)
+    try:
+        objects = k8s_render.render_objects(values, args.workload)
+    except k8s_render.RenderError as err:
+        raise UsageError(str(err)) from None
+    problems = k8s_lint.lint(objects) if schemas else k8s_lint.semantic_problems(objects)
+    if problems:
+        raise UsageError(f"the rendered {args.workload} manifests have problems:\n  " + "\n  ".join(problems))
+    return objects
+
+
+def _render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tools import k8s_render
+
+    objects = _objects(args, schemas=args.validate)
+    if args.out:
+        for path in k8s_render.write_objects(objects, Path(args.out)):
+            print(path, file=sys.stderr)
+    else:
+        sys.stdout.write(k8s_render.dump_objects(objects))
+    return 0
+
+
+def _cluster(args: argparse.Namespace):
+    from sawt.cli import UsageError
+    from tools import k8s_client
+
+    try:
+        return k8s_client.Cluster(k8s_client.connect(args.kubeconfig, args.context))
+    except k8s_client.DeployError as err:
+        raise UsageError(str(err)) from None
+
+
+def _guarded(fn):
+    """Runs a cluster operation, turning DeployError into a one-line usage error."""
+    from sawt.cli import UsageError
+    from tools import k8s_client
+
+    try:
+        return fn()
+    except k8s_client.DeployError as err:
+        raise UsageError(str(err)) from None
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from tools import k8s_client
+
+    objects = _objects(args)
+    if args.dry_run:
+        for obj in objects:
+            print(
+                f"would apply {k8s_client.describe(obj)} (server-side, field manager {k8s_client.FIELD_MANAGER})"
+            )
+        return 0
+    cluster = _cluster(args)
+    for obj in objects:
+        _guarded(lambda obj=obj: cluster.apply(obj))
+        print(f"{k8s_client.describe(obj)} applied")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tools import k8s_client
+
+    objects = list(k8s_client.workload_objects(_objects(args), args.workload))
+    cluster = _cluster(args)
+    for obj in objects:
+        for line in _guarded(lambda obj=obj: k8s_client.summarize(cluster, obj)):
+            print(line)
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from sawt.cli import UsageError
+    from tools import k8s_client
+
+    objects = list(k8s_client.workload_objects(_objects(args), args.workload))
+    cluster = _cluster(args)
+    pods = []
+    for obj in objects:
+        selector = k8s_client.pod_selector(obj)
+        if selector:
+            pods += _guarded(lambda s=selector, o=obj: cluster.list("Pod", o["metadata"]["namespace"], s))
+    if args.pod:
+        pods = [p for p in pods if p["metadata"]["name"] == args.pod]
+    if not pods:
+        raise UsageError(f"no pods found for {args.workload}" + (f" named {args.pod}" if args.pod else ""))
+    tail = None if args.tail < 0 else args.tail
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        name = pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]["name"]
+        text = _guarded(
+            lambda n=name, c=container, ns=pod["metadata"]["namespace"]: cluster.pod_log(ns, n, c, tail)
+        )
+        for line in text.splitlines():
+            print(f"[{name}] {line}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from tools import k8s_client
+
+    objects = _objects(args)
+    if not args.all:
+        objects = list(k8s_client.workload_objects(objects, args.workload))
+    if args.dry_run:
+        for obj in objects:
+            print(f"would delete {k8s_client.describe(obj)}")
+        return 0
+    cluster = _cluster(args)
+    for obj in reversed(objects):
+        deleted = _guarded(lambda obj=obj: cluster.delete(obj))
+        print(f"{k8s_client.describe(obj)} {'deleted' if deleted else 'not found'}")
+    return 0
