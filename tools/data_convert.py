@@ -198,6 +198,9 @@ def finished_result(job: ShardJob) -> dict[str, Any] | None:
         result = json.loads(sidecar.read_text())
         if any(result.get(k) != v for k, v in _source_key(job).items()):
             return None
+        # Size first (a truncated ArrayRecord can open as an empty one), then the record count.
+        if Path(job.output).stat().st_size != result["file_bytes"]:
+            return None
         if _array_record_count(job.output) != result["records"]:
             return None
     except (OSError, ValueError, KeyError, RuntimeError):
