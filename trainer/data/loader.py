@@ -13,7 +13,8 @@ each clip's log-mel on its own (`trainer.data.audio.log_mel`), tokenises the tra
 with the tokenizer's chat template (`trainer.data.text`), and pads everything to the bucket's static shape.
 
 A record that cannot be used does not stop training: its row becomes a padding row (no tokens, no loss) and
-``batch["meta"]["status"]`` says why (``bad_record:<reason>``, ``text_too_long``, ``audio_too_long``);
+``batch["meta"]["status"]`` says why (``bad_record:<reason>``, ``text_too_long``, ``audio_too_long``,
+``special_token_in_text``);
 `BatchIterator.skipped` keeps running totals per reason for the ``sawt_train_bad_records_total`` metric.
 """
 
@@ -159,6 +160,7 @@ class Featuriser:
         self.buckets = [tuple(b) for b in buckets]
         self.instruction = instruction
         self.n_window = n_window
+        self._audio_ids = {tokenizer.audio_pad_id, tokenizer.audio_start_id, tokenizer.audio_end_id}
         # Render the prompt once here, not concurrently in the worker threads.
         for frames, tokens in self.buckets:
             need = prompt_length(tokenizer, encoder_token_count(frames, n_window), instruction) + 2
@@ -194,6 +196,11 @@ class Featuriser:
             frames = rec.audio.size // HOP
             if frames > frames_cap:  # the index's duration disagreed with the record
                 meta["status"][b] = "audio_too_long"
+                continue
+            if self._audio_ids.intersection(transcript):
+                # The Rust tokenizer turns "<|audio_pad|>" in text into the control token; a row with one
+                # would break the placeholder count the model relies on.
+                meta["status"][b] = "special_token_in_text"
                 continue
             n_tokens = encoder_token_count(frames, self.n_window)
             row = training_row(self.tok, n_tokens, transcript, self.instruction)

@@ -1,0 +1,84 @@
+"""The demo tokenizer's special ids, the ASR prompt layout and the training labels / loss mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trainer.data.text import (
+    SPECIAL_TOKENS,
+    TokenizerError,
+    asr_messages,
+    asr_prompt_ids,
+    audio_offset,
+    load_tokenizer,
+    prompt_length,
+    training_row,
+)
+
+
+def test_special_tokens_have_the_agreed_ids(tokenizer):
+    assert [tokenizer.hf.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(10))
+    assert (tokenizer.endoftext_id, tokenizer.im_start_id, tokenizer.im_end_id) == (0, 1, 2)
+    assert (tokenizer.audio_start_id, tokenizer.audio_end_id, tokenizer.audio_pad_id) == (3, 4, 5)
+    assert tokenizer.vocab_size <= 1024
+
+
+def test_tokenizer_directory_is_what_a_checkpoint_ships(corpus):
+    files = {p.name for p in corpus.tokenizer.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= files
+    config = json.loads((corpus.tokenizer / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in config["chat_template"]
+    assert config["eos_token"] == "<|im_end|>"
+
+
+def test_prompt_layout_is_chatml_with_expanded_audio(tokenizer):
+    ids = asr_prompt_ids(tokenizer, 4, "Transcribe.")
+    assert tokenizer.decode(ids, skip_special_tokens=False) == (
+        "<|im_start|>user\n<|audio_start|>" + "<|audio_pad|>" * 4 + "<|audio_end|>Transcribe.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert ids.count(tokenizer.audio_pad_id) == 4
+    assert ids[audio_offset(tokenizer, "Transcribe.")] == tokenizer.audio_pad_id
+    assert ids[audio_offset(tokenizer, "Transcribe.") - 1] == tokenizer.audio_start_id
+    assert prompt_length(tokenizer, 4, "Transcribe.") == len(ids)
+
+
+def test_prompt_equals_the_hf_chat_template_rendering(tokenizer):
+    rendered = tokenizer.hf.apply_chat_template(
+        asr_messages("اكتب النص."), add_generation_prompt=True, tokenize=False
+    )
+    assert (
+        asr_prompt_ids(tokenizer, 1, "اكتب النص.")
+        == tokenizer.hf(rendered, add_special_tokens=False)["input_ids"]
+    )
+
+
+def test_labels_cover_only_the_transcript_and_im_end(tokenizer):
+    transcript = tokenizer.encode("الجو جميل هذا الصباح.")
+    row = training_row(tokenizer, 6, transcript, "Transcribe.")
+    prompt = asr_prompt_ids(tokenizer, 6, "Transcribe.")
+    ids = row.input_ids.tolist()
+    assert ids == [*prompt, *transcript, tokenizer.im_end_id]
+    np.testing.assert_array_equal(row.targets[:-1], row.input_ids[1:])
+    supervised = row.targets[row.loss_mask == 1.0].tolist()
+    assert supervised == [*transcript, tokenizer.im_end_id]
+    # Nothing of the prompt (audio placeholders, instruction, scaffolding) is a target of the loss.
+    assert row.loss_mask[: len(prompt) - 1].sum() == 0 and row.loss_mask[-1] == 0
+    assert tokenizer.decode(supervised) == "الجو جميل هذا الصباح."
+
+
+def test_load_tokenizer_errors_name_the_directory(tmp_path):
+    with pytest.raises(TokenizerError, match=str(tmp_path)):
+        load_tokenizer(tmp_path)
+
+
+def test_load_tokenizer_requires_a_chat_template(tmp_path, corpus):
+    (tmp_path / "tokenizer.json").write_bytes((corpus.tokenizer / "tokenizer.json").read_bytes())
+    config = json.loads((corpus.tokenizer / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(TokenizerError, match="chat_template"):
+        load_tokenizer(tmp_path)
