@@ -91,7 +91,7 @@ def scan_index(shards: Sequence[Path]) -> SplitIndex:
     for shard in shards:
         reader = ArrayRecordReader(str(shard))
         try:
-            for payload in reader.read():
+            for payload in reader.read_all():
                 try:
                     meta = peek_speech_meta(payload)
                     durations.append(meta.audio_len / meta.sample_rate)
