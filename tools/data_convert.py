@@ -35,6 +35,7 @@ import contextlib
 import glob
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -54,6 +55,7 @@ SIDECAR_VERSION = 1
 SIDECAR_DIR = ".convert"
 QUARANTINE_DIR = "quarantine"
 _TFRECORD_NAME = re.compile(r"\.tfrec(?:ord)?s?(?:\.gz)?(?=$|[-.])")
+PARALLEL_MIN_BYTES = 32 * 2**20
 _COMPRESSION = {"none": "uncompressed", "zstd": "zstd:3", "snappy": "snappy"}
 
 
@@ -269,6 +271,7 @@ def convert_shard(job: ShardJob) -> dict[str, Any]:
                 quarantine.write(payload)
             bad.append(item)
         writer.close()
+        _fsync_file(tmp)  # the bytes are on disk before the name says the shard is finished
         written = _array_record_count(str(tmp))
         if written != len(durations):
             raise ConvertFailure(
@@ -305,6 +308,14 @@ def convert_shard(job: ShardJob) -> dict[str, Any]:
     return result
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _sample_id(payload: bytes) -> str | None:
     """The sample_id of a bad record when it can still be read (to help find it upstream)."""
     from trainer.data.example import BadRecord, peek_speech_meta
@@ -331,14 +342,29 @@ def _check_ends(path: str, first: bytes, last: bytes) -> None:
 
 
 def _run_jobs(jobs: list[ShardJob], workers: int):
-    """Yields each job's result as it finishes; raises the first failure after cancelling the rest."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
+    """Yields each job's result as it finishes; raises the first failure after cancelling the rest.
+
+    Shards finished by an earlier run are yielded first, without starting any worker. The rest run in up
+    to ``workers`` processes, but never more than one per PARALLEL_MIN_BYTES of source data: a worker
+    costs about a second to start, more than converting a small shard takes.
+    """
+    pending = []
+    for job in jobs:
+        done = finished_result(job)
+        if done is not None:
+            done["resumed"] = True
+            yield done
+        else:
+            pending.append(job)
+    pending_bytes = sum(os.path.getsize(job.source) for job in pending)
+    workers = min(workers, len(pending), max(1, math.ceil(pending_bytes / PARALLEL_MIN_BYTES)))
+    if workers <= 1:
+        for job in pending:
             yield convert_shard(job)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (tqdm, JAX)
-    with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures = [pool.submit(convert_shard, job) for job in jobs]
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(convert_shard, job) for job in pending]
         try:
             for fut in cf.as_completed(futures):
                 yield fut.result()

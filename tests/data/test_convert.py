@@ -295,10 +295,25 @@ def test_crash_mid_shard_leaves_no_finished_looking_output(clean_src, tmp_path, 
     assert not list(dst.rglob("*.tmp"))
 
 
-def test_parallel_workers_match_serial(clean_src, tmp_path):
+def test_parallel_workers_match_serial(clean_src, tmp_path, monkeypatch):
+    import concurrent.futures as cf
+
+    import tools.data_convert as convert
+
     src, _ = clean_src
     assert _convert(src, tmp_path / "serial") == 0
+    pools = []
+
+    class RecordingPool(cf.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(kwargs["max_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(convert.cf, "ProcessPoolExecutor", RecordingPool)
+    # Small shards normally convert in-process (a worker costs more to start); force real workers here.
+    monkeypatch.setattr(convert, "PARALLEL_MIN_BYTES", 1)
     assert sawt(["data", "convert", "--src", str(src), "--dst", str(tmp_path / "par"), "--workers", "2"]) == 0
+    assert pools == [2]
     a = json.loads((tmp_path / "serial" / "manifest.json").read_text())
     b = json.loads((tmp_path / "par" / "manifest.json").read_text())
     assert a["splits"] == b["splits"]
