@@ -272,7 +272,10 @@ def _jobset_problems(obj: dict[str, Any]) -> list[str]:
                 f"{where}: pod names like {longest}-xxxxx are {len(longest) + POD_SUFFIX} characters "
                 f"(> {MAX_NAME}); shorten the JobSet name"
             )
-        tpu_slice = _tpu_slice(pod.get("spec", {}))
+        try:
+            tpu_slice = _tpu_slice(pod.get("spec", {}))
+        except tpu_types.TopologyError:
+            continue  # reported with the pod template
         if tpu_slice is None:
             continue
         if not parallelism == completions == tpu_slice.hosts:

@@ -1,0 +1,329 @@
+"""Rendering: every workload x TPU type x sample values file passes the strict schemas and the lint;
+the train JobSet has the shape the issue asks for; goldens match; broken objects are caught."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from sawt.configlib import ConfigError
+from tools import k8s_lint, k8s_render, tpu_types
+from tools.k8s_values import VALUES_DIR, load_values
+
+SAMPLE_VALUES = sorted(p.name for p in VALUES_DIR.glob("*.yaml"))
+# A multi-host slice for train/batch-infer and a single-host one for serve, per TPU generation.
+RETARGETS = {
+    "v4": ("2x2x4", "2x2x1"),
+    "v5e": ("4x4", "2x4"),
+    "v5p": ("2x4x4", "2x2x1"),
+    "v6e": ("4x8", "2x2"),
+}
+
+
+def _values(name: str, tpu_type: str):
+    multi, single = RETARGETS[tpu_type]
+    return load_values(
+        VALUES_DIR / name,
+        [
+            f"tpu.type={tpu_type}",
+            f"tpu.topology={multi}",
+            f"serve.tpu.type={tpu_type}",
+            f"serve.tpu.topology={single}",
+        ],
+    )
+
+
+def _by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_sample_values_exist():
+    assert {"v4-32.yaml", "dev.yaml", "multislice.yaml"} <= set(SAMPLE_VALUES)
+
+
+@pytest.mark.parametrize("values_file", SAMPLE_VALUES)
+@pytest.mark.parametrize("tpu_type", sorted(RETARGETS))
+def test_every_workload_passes_strict_schemas_and_lint(values_file, tpu_type, schemas):
+    values = _values(values_file, tpu_type)
+    for workload in k8s_render.WORKLOADS:
+        objects = k8s_render.render_objects(values, workload)
+        assert objects, workload
+        assert k8s_lint.lint(objects, schemas) == [], (values_file, tpu_type, workload)
+
+
+@pytest.mark.parametrize("values_file", SAMPLE_VALUES)
+def test_multi_host_serving_renders_a_leaderworkerset(values_file, schemas):
+    values = load_values(
+        VALUES_DIR / values_file, ["serve.tpu.type=v4", "serve.tpu.topology=2x2x4", "serve.hpa.enabled=false"]
+    )
+    objects = k8s_render.render_objects(values, "serve")
+    assert k8s_lint.lint(objects, schemas) == []
+    (lws,) = _by_kind(objects, "LeaderWorkerSet")
+    assert not _by_kind(objects, "Deployment")
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 4
+    leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+    worker = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]
+    assert leader["readinessProbe"]["httpGet"]["path"] == "/ready" and "readinessProbe" not in worker
+    (service,) = _by_kind(objects, "Service")
+    assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+
+
+def test_train_jobset_has_the_v4_32_shape():
+    objects = k8s_render.render_objects(load_values(), "train")
+    (jobset,) = _by_kind(objects, "JobSet")
+    assert jobset["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == (
+        "cloud.google.com/gke-nodepool"
+    )
+    policy = jobset["spec"]["failurePolicy"]
+    assert policy["maxRestarts"] == 10
+    assert [(r["name"], r["action"], r["onJobFailureReasons"]) for r in policy["rules"]] == [
+        ("fail-on-application-error", "FailJobSet", ["PodFailurePolicy"]),
+        ("restart-on-preemption-or-sigterm", "RestartJobSet", ["BackoffLimitExceeded"]),
+    ]
+    (rjob,) = jobset["spec"]["replicatedJobs"]
+    assert rjob["replicas"] == 1
+    job = rjob["template"]["spec"]
+    assert (job["parallelism"], job["completions"], job["completionMode"], job["backoffLimit"]) == (
+        4,
+        4,
+        "Indexed",
+        0,
+    )
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "NotIn"
+    assert {42, 137, 143} <= set(rule["onExitCodes"]["values"]) and 1 not in rule["onExitCodes"]["values"]
+    pod = job["template"]
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v4-podslice",
+        "cloud.google.com/gke-tpu-topology": "2x2x4",
+    }
+    assert {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["priorityClassName"] == "sawt-training" and spec["serviceAccountName"] == "sawt"
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"]["google.com/tpu"] == "4"
+    assert container["command"][:4] == ["sawt", "train", "--config", "/etc/sawt/config.yaml"]
+    assert "gs://my-sawt-checkpoints/runs/qwen3-asr" in container["command"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
+    assert pod["metadata"]["annotations"]["gke-gcsfuse/memory-limit"] == "0"
+    data = next(v for v in spec["volumes"] if v["name"] == "data")
+    assert data["csi"]["driver"] == "gcsfuse.csi.storage.gke.io" and data["csi"]["readOnly"] is True
+    assert "file-cache:max-size-mb:-1" in data["csi"]["volumeAttributes"]["mountOptions"]
+    assert not any(v["name"] == "checkpoints" for v in spec["volumes"])  # gs:// checkpoints by default
+    (config_map,) = _by_kind(objects, "ConfigMap")
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == {"base": "qwen3-omni-30b-a3b"}
+    (account,) = _by_kind(objects, "ServiceAccount")
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com"
+    )
+    assert _by_kind(objects, "PriorityClass")[0]["value"] == 500
+
+
+def test_restart_exit_code_is_a_value():
+    objects = k8s_render.render_objects(load_values(None, ["train.restart_exit_code=17"]), "train")
+    rule = _by_kind(objects, "JobSet")[0]["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]
+    assert rule["rules"][0]["onExitCodes"]["values"][0] == 17
+
+
+@pytest.mark.parametrize(
+    ("tpu_type", "topology", "chips", "hosts", "per_host", "accelerator"),
+    [
+        ("v4", "2x2x4", 16, 4, 4, "tpu-v4-podslice"),
+        ("v4", "2x2x1", 4, 1, 4, "tpu-v4-podslice"),
+        ("v5e", "2x4", 8, 1, 8, "tpu-v5-lite-podslice"),
+        ("v5e", "4x4", 16, 4, 4, "tpu-v5-lite-podslice"),
+        ("v5p", "4x4x4", 64, 16, 4, "tpu-v5p-slice"),
+        ("v6e", "16x16", 256, 64, 4, "tpu-v6e-slice"),
+    ],
+)
+def test_retargeting_derives_hosts_and_chips_from_the_table(
+    tpu_type, topology, chips, hosts, per_host, accelerator
+):
+    assert tpu_types.tpu_slice(tpu_type, topology).chips == chips
+    values = load_values(None, [f"tpu.type={tpu_type}", f"tpu.topology={topology}"])
+    job = _by_kind(k8s_render.render_objects(values, "batch-infer"), "JobSet")[0]["spec"]["replicatedJobs"][0]
+    spec = job["template"]["spec"]
+    assert spec["parallelism"] == spec["completions"] == hosts
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"]["cloud.google.com/gke-tpu-accelerator"] == accelerator
+    assert pod["containers"][0]["resources"]["limits"]["google.com/tpu"] == str(per_host)
+
+
+def test_unknown_topology_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"TPU v5e has no topology '2x2x4'.*known topologies: 1x1, 2x2"):
+        load_values(None, ["tpu.type=v5e"])
+    with pytest.raises(ConfigError, match=r"tpu.tpye: unknown key"):
+        load_values(None, ["tpu.tpye=v5e"])
+
+
+def test_multislice_sets_replicas_and_megascale_env():
+    values = load_values(VALUES_DIR / "multislice.yaml")
+    (jobset,) = _by_kind(k8s_render.render_objects(values, "train"), "JobSet")
+    rjob = jobset["spec"]["replicatedJobs"][0]
+    assert rjob["replicas"] == 2
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MEGASCALE_NUM_SLICES"]["value"] == "2"
+    assert env["MEGASCALE_COORDINATOR_ADDRESS"]["value"] == "sawt-qwen3-asr-ms-slice-0-0.sawt-qwen3-asr-ms"
+    assert "job-index" in env["MEGASCALE_SLICE_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    checkpoints = next(v for v in pod["volumes"] if v["name"] == "checkpoints")
+    assert (
+        "readOnly" not in checkpoints["csi"]
+        and checkpoints["csi"]["volumeAttributes"]["hostNetworkPodKSA"] == "true"
+    )
+    assert "/checkpoints/qwen3-asr-ms" in pod["containers"][0]["command"]
+
+
+def test_privileged_is_an_explicit_toggle(schemas):
+    default = _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")[0]
+    assert "privileged" not in default["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    objects = k8s_render.render_objects(load_values(None, ["security.privileged=true"]), "serve")
+    container = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"] == {"privileged": True}
+    assert k8s_lint.lint(objects, schemas) == []
+
+
+def test_cpu_jobs_are_indexed_and_non_root():
+    objects = k8s_render.render_objects(load_values(), "data-convert")
+    (job,) = _by_kind(objects, "Job")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 8
+    spec = job["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and "nodeSelector" not in spec
+    command = spec["containers"][0]["command"]
+    assert command[:3] == ["sawt", "data", "convert"] and "$(JOB_COMPLETION_INDEX)" in command
+    ckpt = _by_kind(k8s_render.render_objects(load_values(), "ckpt-convert"), "Job")[0]
+    assert ckpt["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "sawt",
+        "convert",
+        "hf-to-orbax",
+    ]
+
+
+def test_serve_deployment_probes_grace_and_hpa(schemas):
+    objects = k8s_render.render_objects(load_values(None, ["serve.hpa.enabled=true"]), "serve")
+    assert k8s_lint.lint(objects, schemas) == []
+    (deployment,) = _by_kind(objects, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert spec["terminationGracePeriodSeconds"] == 60
+    assert spec["nodeSelector"]["cloud.google.com/gke-tpu-topology"] == "2x2x1"
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    (hpa,) = _by_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+def test_every_object_carries_app_labels():
+    values = load_values()
+    for workload in k8s_render.WORKLOADS:
+        for obj in k8s_render.render_objects(values, workload):
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "sawt", obj["metadata"]["name"]
+            assert labels["app.kubernetes.io/managed-by"] == "sawt-deploy"
+
+
+def test_goldens_match_the_default_values():
+    values = load_values()
+    for workload in k8s_render.WORKLOADS:
+        golden = k8s_render.golden_path(workload)
+        assert golden.read_text() == k8s_render.render(values, workload), (
+            f"{golden} is stale; regenerate with: .venv/bin/python -m tools.k8s_render --goldens"
+        )
+
+
+def test_long_names_are_refused():
+    values = load_values(None, ["train.run_name=" + "a" * 45])
+    problems = k8s_lint.semantic_problems(k8s_render.render_objects(values, "train"))
+    assert any("pod names like" in p and "> 63" in p for p in problems)
+
+
+def test_env_that_looks_like_a_secret_is_refused():
+    with pytest.raises(ConfigError, match="HF_TOKEN: looks like a secret"):
+        load_values(None, ["train.env.HF_TOKEN=abc"])
+
+
+def test_metrics_port_must_avoid_tpu_runtime_ports():
+    with pytest.raises(ConfigError, match="port 8471 is used by the TPU runtime"):
+        load_values(None, ["metrics.port=8471"])
+
+
+def _jobset(objects):
+    return _by_kind(objects, "JobSet")[0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"].update(parallelism=3), "parallelism 3"),
+        (lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"].update(completions=2), "completions 2"),
+        (
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+                "resources"
+            ]["limits"].update({"google.com/tpu": "8"}),
+            "host has 4 chips",
+        ),
+        (
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+                "ports"
+            ].append({"name": "metrics2", "containerPort": 9400}),
+            "port 9400 used twice",
+        ),
+        (
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+                "ports"
+            ].append({"name": "coord", "containerPort": 8482}),
+            "8482 is a TPU runtime port",
+        ),
+        (
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+                "nodeSelector"
+            ].update({"cloud.google.com/gke-tpu-topology": "3x3x3"}),
+            "no topology '3x3x3'",
+        ),
+        (lambda o: o["spec"]["failurePolicy"]["rules"][1].pop("name"), "'name' is a required property"),
+        (lambda o: o["spec"].update(replicatedJob=[]), "'replicatedJob' was unexpected"),
+        (
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][
+                0
+            ].update(resourcez={}),
+            "'resourcez' was unexpected",
+        ),
+        (lambda o: o["metadata"]["labels"].pop("app.kubernetes.io/component"), "missing labels"),
+        (
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+                "securityContext"
+            ].pop("allowPrivilegeEscalation"),
+            "allowPrivilegeEscalation",
+        ),
+    ],
+)
+def test_lint_catches_broken_jobsets(mutate, expected, schemas):
+    jobset = copy.deepcopy(_jobset(k8s_render.render_objects(load_values(), "train")))
+    mutate(jobset)
+    problems = k8s_lint.lint([jobset], schemas)
+    assert any(expected in p for p in problems), problems
+
+
+def test_lint_fails_kinds_without_a_schema(schemas):
+    bogus = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert any("no schema for kind Widget" in p for p in k8s_lint.lint([bogus], schemas))
+
+
+def test_lint_catches_core_schema_errors(schemas):
+    (deployment,) = _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")
+    deployment["spec"]["replicas"] = "two"
+    assert any("'two' is not of type 'integer'" in p for p in k8s_lint.lint([deployment], schemas))
+    deployment["spec"]["replicas"] = 1
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    assert any("imagePullPolicyy" in p for p in k8s_lint.lint([deployment], schemas))
