@@ -47,8 +47,10 @@ USER 1000:1000
 WORKDIR /home/sawt
 EXPOSE 8000
 # On SIGTERM the server stops taking requests, finishes those in flight, and exits.
-ENTRYPOINT ["/usr/bin/tini", "-g", "--", "sawt"]
-CMD ["serve", "--checkpoint", "/model", "--host", "0.0.0.0", "--port", "8000"]
+# tini stays PID 1 whatever command is given: `docker run IMAGE sawt ...`, or Kubernetes `args:` (not
+# `command:`, which would replace tini).
+ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
+CMD ["sawt", "serve", "--checkpoint", "/model", "--host", "0.0.0.0", "--port", "8000"]
 
 ARG SAWT_VERSION=0.1.0
 ARG VCS_REF=unknown

@@ -3,7 +3,7 @@
 # Build from the repository root, on a workstation or in Cloud Build:
 #   docker build -f images/trainer.Dockerfile -t sawt-trainer:dev .
 # Run (CPU):
-#   docker run --rm sawt-trainer:dev train --config tiny --help
+#   docker run --rm sawt-trainer:dev sawt train --help
 # See docs/images.md.
 #
 # The `deps` stage is word for word the same in images/server.Dockerfile, so a builder that caches layers
@@ -49,8 +49,10 @@ RUN pip install --no-deps --no-build-isolation . \
 
 USER 1000:1000
 WORKDIR /home/sawt
-ENTRYPOINT ["/usr/bin/tini", "-g", "--", "sawt"]
-CMD ["train", "--help"]
+# tini stays PID 1 whatever command is given: `docker run IMAGE sawt ...`, or Kubernetes `args:` (not
+# `command:`, which would replace tini).
+ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
+CMD ["sawt", "train", "--help"]
 
 ARG SAWT_VERSION=0.1.0
 ARG VCS_REF=unknown

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             "server: user",
             "trainer: data",
             "trainer: train 2 steps",
+            "trainer: SIGTERM -> 42",
+            "server: checkpoint",
             "server: serve + transcribe",
         ]
     needs = {
@@ -81,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         "server: user": ["build server"],
         "trainer: data": ["build trainer"],
         "trainer: train 2 steps": ["trainer: data"],
-        "server: serve + transcribe": ["build server", "trainer: train 2 steps"],
+        "trainer: SIGTERM -> 42": ["trainer: train 2 steps"],
+        "server: checkpoint": ["trainer: data"],
+        "server: serve + transcribe": ["build server", "server: checkpoint"],
     }
     work = smoke.SmokeRun(podman, report, args.timeout) if podman else None
     actions = {
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         "server: user": lambda: smoke.check_image_user(podman, smoke.SERVER_IMAGE),
         "trainer: data": lambda: (work.prepare(), work.trainer_data()),
         "trainer: train 2 steps": lambda: work.trainer_train(),
+        "trainer: SIGTERM -> 42": lambda: work.trainer_sigterm(),
+        "server: checkpoint": lambda: work.server_checkpoint(),
         "server: serve + transcribe": lambda: work.server_transcribe(),
     }
     for name in steps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -25,7 +26,12 @@ SERVER_IMAGE = "localhost/sawt-server:ci"
 IMAGE_UID = 1000  # USER in both Dockerfiles
 CLIP_TEXT = "السلام عليكم ورحمة الله"
 # Who is building each command the smoke runs need, for the NOT RUN message.
-COMMAND_OWNERS = {"data": "engineers A/B", "train": "engineer G", "serve": "engineer H"}
+COMMAND_OWNERS = {
+    "data": "engineers A/B",
+    "train": "engineer G",
+    "serve": "engineer H",
+    "convert": "engineer C2",
+}
 
 
 def vcs_ref() -> str:
@@ -43,6 +49,9 @@ def build_image(podman: Podman, dockerfile: Path, tag: str, timeout: float) -> N
         "build",
         "--pull=never",
         "--layers",
+        # Docker's image format, as `docker build` makes: OCI has no SHELL (or HEALTHCHECK) field.
+        "--format",
+        "docker",
         "-f",
         str(dockerfile),
         "-t",
@@ -59,14 +68,14 @@ def build_image(podman: Podman, dockerfile: Path, tag: str, timeout: float) -> N
 
 
 def check_image_user(podman: Podman, image: str) -> None:
-    done = podman.run("run", "--rm", "--network=none", "--entrypoint", "id", image, "-u")
+    done = podman.run("run", "--rm", "--network=none", image, "id", "-u")
     if done.stdout.strip() != str(IMAGE_UID):
         raise StepFailed(f"{image} runs as uid {done.stdout.strip()!r}, expected the non-root {IMAGE_UID}")
 
 
 def require_command(podman: Podman, image: str, command: str, *sub: str) -> None:
     """Raises StepNotRunnable when `sawt COMMAND` is not in the image yet (its module has not landed)."""
-    done = podman.run("run", "--rm", "--network=none", image, command, *sub, "--help", check=False)
+    done = podman.run("run", "--rm", "--network=none", image, "sawt", command, *sub, "--help", check=False)
     if done.returncode == 0:
         return
     if "invalid choice" in done.stderr:
@@ -75,6 +84,18 @@ def require_command(podman: Podman, image: str, command: str, *sub: str) -> None
     raise StepFailed(
         f"`sawt {command} {' '.join(sub)} --help` exited {done.returncode}: {done.stderr[-1500:]}"
     )
+
+
+def require_module(podman: Podman, image: str, module: str, what: str) -> None:
+    """Raises StepNotRunnable when python module `module` is not in the image (its author has not landed it)."""
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    done = podman.run(
+        "run", "--rm", "--network=none", "--entrypoint", "python", image, "-c", probe, check=False
+    )
+    if done.returncode == 1:
+        raise StepNotRunnable(f"{module} ({what}) is not in this source tree yet")
+    if done.returncode != 0:
+        raise StepFailed(f"probing {module} in {image} exited {done.returncode}: {done.stderr[-1500:]}")
 
 
 class SmokeRun:
@@ -93,108 +114,153 @@ class SmokeRun:
         # The containers run as the image's non-root user, which must own what it writes.
         os.chown(self.data, IMAGE_UID, IMAGE_UID)
 
-    def run_in(self, image: str, log_name: str, *args: str, extra: tuple[str, ...] = ()) -> None:
-        """Runs `sawt ARGS` in `image` (no network, /data mounted); raises StepFailed on a non-zero exit."""
-        cmd = ("run", "--rm", "--network=none", "-v", f"{self.data}:/data", *extra, image, *args)
-        say(f"    sawt {' '.join(args)}")
+    def run_in(self, image: str, log_name: str, *argv: str) -> None:
+        """Runs `argv` in `image` under its tini (no network, /data mounted); StepFailed on a non-zero exit."""
+        say(f"    {' '.join(argv)}")
+        cmd = ("run", "--rm", "--network=none", "-v", f"{self.data}:/data", image, *argv)
         status = self.podman.run_logged(log_name, *cmd, timeout=self.timeout)
         if status != 0:
-            raise StepFailed(
-                f"`sawt {' '.join(args)}` exited {status}; {tail(self.podman.logs_dir / log_name)}"
-            )
+            raise StepFailed(f"`{' '.join(argv)}` exited {status}; {tail(self.podman.logs_dir / log_name)}")
 
     # ---- trainer ----------------------------------------------------------------------------------------
     def trainer_data(self) -> None:
         require_command(self.podman, TRAINER_IMAGE, "data", "synth")
         self.run_in(
-            TRAINER_IMAGE, "smoke-data-synth.log", "data", "synth", "--out", "/data/synth", "--n", "12"
+            TRAINER_IMAGE,
+            "smoke-data-synth.log",
+            "sawt",
+            "data",
+            "synth",
+            "--out",
+            "/data/synth",
+            "--n",
+            "12",
         )
         self.run_in(
             TRAINER_IMAGE,
             "smoke-data-convert.log",
-            "data",
-            "convert",
-            "--src",
-            "/data/synth",
-            "--dst",
-            "/data/arrayrecord",
+            *("sawt", "data", "convert", "--src", "/data/synth", "--dst", "/data/arrayrecord"),
         )
         if not list((self.data / "arrayrecord").rglob("*.array_record*")):
             raise StepFailed(
                 f"`sawt data convert` wrote no ArrayRecord shard under {self.data / 'arrayrecord'}"
             )
 
+    def train_argv(self, run_dir: str, steps: int) -> tuple[str, ...]:
+        return (
+            *("sawt", "train", "--config", "tiny", "--run-dir", run_dir),
+            *("data.dir=/data/arrayrecord", "tokenizer.dir=/data/synth/tokenizer", f"train.steps={steps}"),
+        )
+
     def trainer_train(self) -> None:
         require_command(self.podman, TRAINER_IMAGE, "train")
-        # JAX_PLATFORMS is left unset on purpose: the image must find no TPU and fall back to CPU by itself.
-        self.run_in(
-            TRAINER_IMAGE,
-            "smoke-train.log",
-            "train",
-            "--config",
-            "tiny",
-            "--run-dir",
-            "/data/run",
-            "data.dir=/data/arrayrecord",
-            "tokenizer.dir=/data/synth/tokenizer",
-            "train.steps=2",
+        require_module(
+            self.podman, TRAINER_IMAGE, "trainer.backend", "the real Thinker + Grain backend, engineer G"
         )
-        if not any((self.data / "run").iterdir()):
-            raise StepFailed(f"`sawt train` exited 0 but wrote nothing under {self.data / 'run'}")
+        # JAX_PLATFORMS is left unset on purpose: the image must find no TPU and fall back to CPU by itself.
+        self.run_in(TRAINER_IMAGE, "smoke-train.log", *self.train_argv("/data/run", 2))
+        if not (self.data / "run" / "checkpoints").is_dir():
+            raise StepFailed(f"`sawt train` exited 0 but wrote no checkpoints/ under {self.data / 'run'}")
+
+    def trainer_sigterm(self) -> None:
+        """SIGTERM to the container must reach `sawt train` through tini: it saves a checkpoint and exits 42."""
+        run_dir = self.data / "run-sigterm"
+        name = f"sawt-ci-train-{os.getpid()}"
+        argv = self.train_argv("/data/run-sigterm", 100_000)
+        say(f"    {' '.join(argv)}  (then SIGTERM once it is training)")
+        self.podman.run(
+            "run", "-d", "--name", name, "--network=none", "-v", f"{self.data}:/data", TRAINER_IMAGE, *argv
+        )
+        try:
+            deadline = time.monotonic() + self.timeout
+            while not _has_logged_a_step(run_dir / "metrics.jsonl"):
+                if time.monotonic() > deadline:
+                    raise StepFailed(
+                        f"no training step logged in {run_dir / 'metrics.jsonl'} within {self.timeout:.0f} s"
+                    )
+                self._fail_if_exited(name, "before its first logged step")
+                time.sleep(1)
+            grace = 120  # a checkpoint save of the tiny model takes seconds
+            self.podman.run("kill", "--signal", "TERM", name)
+            code = self.podman.run("wait", name, timeout=grace).stdout.strip()
+            if code != "42":
+                raise StepFailed(
+                    f"after SIGTERM `sawt train` exited {code}, expected 42 (preempted, checkpoint saved)"
+                )
+            if not any((run_dir / "checkpoints").glob("*")):
+                raise StepFailed(f"`sawt train` exited 42 but {run_dir / 'checkpoints'} holds no checkpoint")
+            say("    SIGTERM: the trainer saved a checkpoint and exited 42")
+        finally:
+            log = self.podman.run("logs", name, check=False)
+            (self.podman.logs_dir / "smoke-train-sigterm.log").write_text(log.stdout + log.stderr)
+            self.podman.run("rm", "-f", name, check=False)  # keep nothing running, whatever happened
 
     # ---- server -----------------------------------------------------------------------------------------
-    def server_transcribe(self, checkpoint: str = "/data/run") -> None:
-        require_command(self.podman, SERVER_IMAGE, "serve")
+    def server_checkpoint(self) -> None:
+        """A tiny model checkpoint made the way a user makes one: an HF directory through `sawt convert`.
+
+        The HF directory holds random weights of the tiny preset in the released key layout
+        (tools.synthetic_hf) and the demo tokenizer made by the data step.
+        """
+        require_command(self.podman, TRAINER_IMAGE, "convert", "hf-to-orbax")
         self.run_in(
             TRAINER_IMAGE,
-            "smoke-clip.log",
-            "-w",
-            "/data/clip.wav",
-            "-v",
-            "ar",
-            CLIP_TEXT,
-            extra=("--entrypoint", "espeak-ng"),
+            "smoke-synthetic-hf.log",
+            *("python", "-m", "tools.synthetic_hf", "--out", "/data/hf", "--preset", "tiny"),
+        )
+        tokenizer = self.data / "synth" / "tokenizer"
+        if not (tokenizer / "tokenizer.json").is_file():
+            raise StepFailed(f"{tokenizer}: no tokenizer.json from `sawt data synth`")
+        for item in tokenizer.iterdir():
+            if item.is_file() and not (self.data / "hf" / item.name).exists():
+                shutil.copy2(item, self.data / "hf" / item.name)
+                os.chown(self.data / "hf" / item.name, IMAGE_UID, IMAGE_UID)
+        self.run_in(
+            TRAINER_IMAGE,
+            "smoke-convert.log",
+            *("sawt", "convert", "hf-to-orbax", "--hf", "/data/hf", "--out", "/data/ckpt", "--quiet"),
+        )
+
+    def server_transcribe(self, checkpoint: str = "/data/ckpt") -> None:
+        require_command(self.podman, SERVER_IMAGE, "serve")
+        self.run_in(
+            TRAINER_IMAGE, "smoke-clip.log", "espeak-ng", "-w", "/data/clip.wav", "-v", "ar", CLIP_TEXT
         )
         port = free_port()
         name = f"sawt-ci-server-{os.getpid()}"
-        args = ("serve", "--checkpoint", checkpoint, "--host", "0.0.0.0", "--port", str(port))
-        say(f"    sawt {' '.join(args)}  (published on 127.0.0.1:{port})")
+        argv = ("sawt", "serve", "--checkpoint", checkpoint, "--host", "0.0.0.0", "--port", str(port))
+        say(f"    {' '.join(argv)}  (published on 127.0.0.1:{port})")
         self.podman.run(
-            "run",
-            "-d",
-            "--name",
-            name,
-            "-p",
-            f"127.0.0.1:{port}:{port}",
-            "-v",
-            f"{self.data}:/data:ro",
-            SERVER_IMAGE,
-            *args,
+            *("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:{port}", "-v", f"{self.data}:/data:ro"),
+            *(SERVER_IMAGE, *argv),
         )
         try:
             base_url = f"http://127.0.0.1:{port}"
             self._wait_ready(name, base_url)
             text = transcribe(base_url, self.data / "clip.wav")
-            say(f"    transcription of the clip by the tiny model: {text!r}")
+            say(f"    transcription of the clip by the tiny random model: {text!r}")
             self._stop_drained(name)
         finally:
             log = self.podman.run("logs", name, check=False)
             (self.podman.logs_dir / "smoke-serve.log").write_text(log.stdout + log.stderr)
             self.podman.run("rm", "-f", name, check=False)  # keep nothing running, whatever happened
 
+    def _fail_if_exited(self, name: str, when: str) -> None:
+        state = self.podman.run(
+            "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name
+        ).stdout.split()
+        if state[0] != "true":
+            logs = self.podman.run("logs", name, check=False)
+            raise StepFailed(
+                f"the container exited ({state[1]}) {when}:\n{(logs.stdout + logs.stderr)[-3000:]}"
+            )
+
     def _wait_ready(self, name: str, base_url: str) -> None:
         import httpx
 
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            state = self.podman.run(
-                "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name
-            ).stdout.split()
-            if state[0] != "true":
-                logs = self.podman.run("logs", name, check=False)
-                raise StepFailed(
-                    f"the server exited ({state[1]}) before it was ready:\n{(logs.stdout + logs.stderr)[-3000:]}"
-                )
+            self._fail_if_exited(name, "before the server was ready")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base_url}/ready", timeout=5).status_code == 200:
                     return
@@ -212,6 +278,13 @@ class SmokeRun:
             hint = " (killed: SIGTERM did not end it)" if code == "137" else ""
             raise StepFailed(f"after SIGTERM the server exited {code}{hint}, expected 0, in {took:.0f} s")
         say(f"    SIGTERM: the server drained and exited 0 in {took:.1f} s")
+
+
+def _has_logged_a_step(metrics_jsonl: Path) -> bool:
+    try:
+        return bool(metrics_jsonl.read_text().strip())
+    except FileNotFoundError:
+        return False
 
 
 def free_port() -> int:
