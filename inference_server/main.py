@@ -41,6 +41,7 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
             model_config,
             params,
             num_slots=config.max_batch,
+            prompt_overhead=len(text_side.prompt_ids(0)) + 8,
             max_seq_len=max_seq_len,
             window_s=config.window_s,
             max_new_tokens=config.max_new_tokens,
@@ -58,12 +59,10 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
 
 
 def _resolve(checkpoint: Path) -> Path:
-    """The model directory: the checkpoint itself, or what the checkpoint resolver finds in a run dir."""
-    try:
-        from trainer.model_checkpoint import resolve_model_dir
-    except ImportError:
-        return checkpoint
-    return Path(resolve_model_dir(checkpoint))
+    """The model directory: the checkpoint itself, or the latest complete step of a trainer run dir."""
+    from trainer.model_checkpoint import resolve_checkpoint
+
+    return Path(resolve_checkpoint(checkpoint))
 
 
 class DrainingServer(uvicorn.Server):

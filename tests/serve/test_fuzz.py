@@ -27,9 +27,8 @@ def url():
     app = build_app(
         ServerConfig(model_name=MODEL, max_body_bytes=256 * 1024), FakeEngine(), registry=CollectorRegistry()
     )
-    with serve_in_thread(app) as base:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            yield client
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        yield client
 
 
 def _check(r: httpx.Response) -> None:
