@@ -327,3 +327,25 @@ def test_lint_catches_core_schema_errors(schemas):
     deployment["spec"]["replicas"] = 1
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     assert any("imagePullPolicyy" in p for p in k8s_lint.lint([deployment], schemas))
+
+
+def test_every_values_field_is_documented():
+    from sawt.configlib import undocumented_fields
+    from tools.k8s_values import Values
+
+    assert undocumented_fields(Values) == []
+
+
+def test_tpu_table_covers_the_four_generations():
+    assert set(tpu_types.TPU_TYPES) == {"v4", "v5e", "v5p", "v6e"}
+    v4_32 = tpu_types.tpu_slice("v4", "2x2x4")
+    assert (v4_32.name, v4_32.chips, v4_32.hosts, v4_32.chips_per_host, v4_32.machine_type) == (
+        "v4-32",
+        16,
+        4,
+        4,
+        "ct4p-hightpu-4t",
+    )
+    assert tpu_types.tpu_slice("v5e", "4x4").name == "v5litepod-16"
+    with pytest.raises(tpu_types.TopologyError, match="unknown TPU type 'v3'"):
+        tpu_types.tpu_slice("v3", "2x2")
