@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from sawt.cli import UsageError
 from sawt.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 from tools.manifest import build_manifest, format_report
 
@@ -55,7 +54,9 @@ SIDECAR_VERSION = 1
 SIDECAR_DIR = ".convert"
 QUARANTINE_DIR = "quarantine"
 _TFRECORD_NAME = re.compile(r"\.tfrec(?:ord)?s?(?:\.gz)?(?=$|[-.])")
-PARALLEL_MIN_BYTES = 32 * 2**20
+# A worker pool costs about a second to start (one interpreter, forked per worker): only worth it when
+# each worker gets at least this much source data (serial conversion runs at ~75 MB/s on a 2-core VM).
+PARALLEL_MIN_BYTES = 128 * 2**20
 _COMPRESSION = {"none": "uncompressed", "zstd": "zstd:3", "snappy": "snappy"}
 
 
@@ -106,6 +107,8 @@ def find_shards(src: str, dst: Path) -> list[tuple[Path, str]]:
     and anything under ``dst`` excluded); a glob takes every file it matches, relative to the glob's
     fixed leading directories.
     """
+    from sawt.cli import UsageError
+
     dst = dst.resolve()
     path = Path(src)
     if path.is_dir():
@@ -136,6 +139,8 @@ def _hidden(p: Path, root: Path) -> bool:
 
 
 def plan_jobs(args: argparse.Namespace) -> list[ShardJob]:
+    from sawt.cli import UsageError  # imported here: workers import this module and need none of the CLI
+
     dst = Path(args.dst).resolve()
     options = f"group_size:1,{_COMPRESSION[args.compression]}"
     jobs, seen = [], {}
@@ -345,8 +350,7 @@ def _run_jobs(jobs: list[ShardJob], workers: int):
     """Yields each job's result as it finishes; raises the first failure after cancelling the rest.
 
     Shards finished by an earlier run are yielded first, without starting any worker. The rest run in up
-    to ``workers`` processes, but never more than one per PARALLEL_MIN_BYTES of source data: a worker
-    costs about a second to start, more than converting a small shard takes.
+    to ``workers`` processes, but never more than one per PARALLEL_MIN_BYTES of source data.
     """
     pending = []
     for job in jobs:
@@ -362,7 +366,10 @@ def _run_jobs(jobs: list[ShardJob], workers: int):
         for job in pending:
             yield convert_shard(job)
         return
-    ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (tqdm, JAX)
+    # forkserver: workers fork from one clean, single-threaded server that imported this module once;
+    # plain fork is unsafe here (the parent may hold native threads) and spawn re-imports per worker.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(convert_shard, job) for job in pending]
         try:
@@ -423,6 +430,7 @@ def write_outputs(dst: Path, results: list[dict[str, Any]], extra: dict[str, Any
 
 def main(args: argparse.Namespace) -> int:
     """Runs the conversion described by the parsed ``sawt data convert`` arguments."""
+    from sawt.cli import UsageError
     from sawt.progress import progress
 
     args.compression = getattr(args, "compression", None) or "none"
