@@ -19,6 +19,25 @@ if TYPE_CHECKING:
     from trainer.train import Backend
 
 
+def prompt_only(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with each row cut after its prompt (the transcript removed), left-aligned, for decoding.
+
+    A training row is prompt + transcript + <|im_end|>; the prompt ends where the loss starts (the token
+    whose target is the first transcript token). Rows without loss tokens keep no tokens at all.
+    """
+    loss = np.asarray(batch["loss_mask"]) > 0
+    has_loss = loss.any(axis=1)
+    prompt_len = np.where(has_loss, loss.argmax(axis=1) + 1, 0)
+    keep = np.arange(loss.shape[1])[None, :] < prompt_len[:, None]
+    out = dict(batch)
+    out["token_mask"] = keep & np.asarray(batch["token_mask"]).astype(bool)
+    out["input_ids"] = np.where(out["token_mask"], batch["input_ids"], 0).astype(np.int32)
+    out["positions"] = np.where(out["token_mask"], batch["positions"], 0).astype(np.int32)
+    out["loss_mask"] = np.zeros_like(batch["loss_mask"])
+    out["targets"] = np.zeros_like(batch["targets"])
+    return out
+
+
 def evaluate(
     cfg: EvalConfig,
     backend: Backend,
@@ -54,10 +73,10 @@ def evaluate(
             local = next(data)
         except StopIteration:
             break
-        ids = backend.generate(params, to_global(mesh, local), cfg.max_new_tokens)
+        ids = backend.generate(params, to_global(mesh, prompt_only(local)), cfg.max_new_tokens)
         ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
         meta = local.get("meta", {})
-        valid = np.asarray(local["token_mask"]).any(axis=1).tolist()
+        valid = (np.asarray(local["loss_mask"]) > 0).any(axis=1).tolist()
         texts = list(meta.get("text", [""] * len(valid)))
         names = list(meta.get("dataset_name", ["all"] * len(valid)))
         gathered = _gather_json({"valid": valid, "text": texts, "source": names})

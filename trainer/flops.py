@@ -54,3 +54,77 @@ def device_peak_flops(device: Any, cpu_peak_flops: float = 0.0) -> float:
     if getattr(device, "platform", "cpu") == "cpu":
         return cpu_peak_flops or measure_cpu_peak_flops()
     raise ValueError(f"no peak FLOP/s known for device kind {kind!r}; add it to trainer/flops.py")
+
+
+def _text_flops_per_token(text: Any, seq_len: int) -> float:
+    """Forward matmul FLOPs of one token through the decoder (all layers) and the lm_head."""
+    h, hd = text.hidden_size, text.head_dim
+    nq, nkv = text.num_attention_heads, text.num_key_value_heads
+    projections = 2 * h * hd * (nq + 2 * nkv) + 2 * nq * hd * h
+    # Scores and weighted sum against every key of the row: dense attention computes the full S x S block.
+    attention = 4 * seq_len * nq * hd
+    router = 2 * h * text.num_experts
+    experts = text.num_experts_per_tok * 3 * 2 * h * text.moe_intermediate_size  # SwiGLU: gate, up, down
+    per_layer = projections + attention + router + experts
+    return text.num_hidden_layers * per_layer + 2 * h * text.vocab_size
+
+
+def _audio_flops_per_clip(audio: Any, frames: int) -> float:
+    """Forward matmul FLOPs of the audio encoder on one clip padded to ``frames`` mel frames."""
+    c, d, ff = audio.downsample_hidden_size, audio.d_model, audio.encoder_ffn_dim
+    mel = audio.num_mel_bins
+    chunks = -(-frames // audio.chunk_frames)
+    tokens = chunks * audio.tokens_per_chunk
+    # Three 3x3 stride-2 convs over (mel, time) per chunk; each output element costs 2*9*Cin FLOPs.
+    t1 = audio.tokens_per_chunk * 4  # time steps after conv1 (ceil halvings of 100 -> 50, 25, 13)
+    t2 = audio.tokens_per_chunk * 2
+    t3 = audio.tokens_per_chunk
+    conv = chunks * (
+        2 * 9 * 1 * c * (mel // 2) * t1 + 2 * 9 * c * c * (mel // 4) * t2 + 2 * 9 * c * c * (mel // 8) * t3
+    )
+    conv_out = 2 * c * (mel // 8) * d * tokens
+    window = min(tokens, audio.window_tokens)
+    per_layer = tokens * (4 * 2 * d * d + 2 * 2 * d * ff + 4 * window * d)
+    heads = tokens * (2 * d * d + 2 * d * audio.output_dim)
+    return conv + conv_out + audio.encoder_layers * per_layer + heads
+
+
+def train_flops_per_step(
+    model_config: Any, batch: int, seq_len: int, audio_frames: int, frozen: tuple[str, ...] | list[str] = ()
+) -> float:
+    """Analytic matmul FLOPs of one training step over the global batch.
+
+    Formula (documented in docs/training.md): forward FLOPs x 3 (forward, then backward for activation
+    and weight gradients). Text: per token, the attention projections, dense attention over the row, the
+    router, ``top_k`` SwiGLU experts and the lm_head. Audio: the three convs, conv_out, every encoder
+    layer (windowed attention) and the two output projections, per clip. A frozen audio encoder runs
+    forward only (x1): no gradient flows into it.
+
+    Args:
+        model_config: a `trainer.model.config.ModelConfig`.
+        batch: rows in the global batch.
+        seq_len: text tokens per row (the bucket's padded length; padding is computed too).
+        audio_frames: mel frames per clip (the bucket's padded length).
+        frozen: frozen parameter groups (see trainer/optim.py).
+    """
+    text = batch * seq_len * _text_flops_per_token(model_config.text, seq_len)
+    audio = batch * _audio_flops_per_clip(model_config.audio, audio_frames)
+    return 3 * text + (1 if "audio_encoder" in frozen else 3) * audio
+
+
+def param_counts(model_config: Any) -> dict[str, float]:
+    """Total and per-token active parameters of the thinker (for reports)."""
+    t, a = model_config.text, model_config.audio
+    attn = t.hidden_size * t.head_dim * (t.num_attention_heads + 2 * t.num_key_value_heads) * 2
+    expert = 3 * t.hidden_size * t.moe_intermediate_size
+    layer_total = attn + t.hidden_size * t.num_experts + t.num_experts * expert
+    layer_active = attn + t.hidden_size * t.num_experts + t.num_experts_per_tok * expert
+    embed = 2 * t.vocab_size * t.hidden_size
+    audio = a.encoder_layers * (4 * a.d_model**2 + 2 * a.d_model * a.encoder_ffn_dim) + a.d_model * (
+        a.d_model + a.output_dim
+    )
+    return {
+        "total": t.num_hidden_layers * layer_total + embed + audio,
+        "active": t.num_hidden_layers * layer_active + embed + audio,
+        "audio": audio,
+    }

@@ -60,6 +60,8 @@ class Backend:
         detokenize: list of ids -> text.
         load_params: path -> canonical parameter tree (numpy), for ``load_from=``.
         flops_per_step: batch shapes -> training FLOPs per global step (for MFU), or None.
+        handles_remat: the model applies ``train.remat`` itself (per scanned layer); otherwise the step
+            wraps the whole forward pass in ``jax.checkpoint``.
     """
 
     init_params: Callable[[int], Any]
@@ -72,6 +74,7 @@ class Backend:
     detokenize: Callable[[list[int]], str] | None = None
     load_params: Callable[[str], Any] | None = None
     flops_per_step: Callable[[dict[str, tuple[int, ...]]], float] | None = None
+    handles_remat: bool = False
 
 
 class NonFiniteError(RuntimeError):
@@ -349,7 +352,15 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
 
     trainable = optim.trainable_mask(abstract_params, cfg.train.freeze)
     step_fn = jax.jit(
-        make_train_step(backend.apply, backend.loss, tx, schedule, cfg.train, trainable),
+        make_train_step(
+            backend.apply,
+            backend.loss,
+            tx,
+            schedule,
+            cfg.train,
+            trainable,
+            wrap_remat=not backend.handles_remat,
+        ),
         donate_argnums=0,
         out_shardings=(shardings, None),
     )
@@ -428,8 +439,8 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
                 shapes = {k: v.shape for k, v in batch.items()}
                 rec["mfu"] = backend.flops_per_step(shapes) / dt / (peak_flops * jax.device_count())
             metrics.record_step(rec)
-            if hasattr(data, "bad_records"):
-                metrics.record_bad_records(dict(data.bad_records))
+            if hasattr(data, "skipped"):
+                metrics.record_bad_records(dict(data.skipped))
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 log.write(
                     rec,

@@ -73,6 +73,7 @@ def make_train_step(
     schedule: optax.Schedule,
     cfg: TrainConfig,
     trainable: Any,
+    wrap_remat: bool = True,
 ) -> Callable[[dict[str, Any], dict[str, jax.Array]], tuple[dict[str, Any], dict[str, jax.Array]]]:
     """Builds the pure train step.
 
@@ -83,6 +84,8 @@ def make_train_step(
         schedule: the learning-rate schedule, reported as a metric.
         cfg: the train section (grad_accum, aux coefficient, remat, precision).
         trainable: tree of bools like params; False leaves are frozen.
+        wrap_remat: apply ``cfg.remat`` by wrapping the whole forward pass in ``jax.checkpoint`` (for
+            models that do not apply it per layer themselves).
 
     Returns:
         ``step(state, batch) -> (state, metrics)``; jit it with ``donate_argnums=0``.
@@ -91,7 +94,9 @@ def make_train_step(
     param_dtype = jnp.dtype(cfg.precision.param_dtype)
 
     forward = apply_fn
-    if cfg.remat == "full":
+    if not wrap_remat:
+        pass
+    elif cfg.remat == "full":
         forward = jax.checkpoint(apply_fn)
     elif cfg.remat in _REMAT_POLICIES:
         forward = jax.checkpoint(apply_fn, policy=_REMAT_POLICIES[cfg.remat])

@@ -122,10 +122,17 @@ def model_config() -> dict[str, Any]:
 
 
 @jax.jit
-def generate(params: dict[str, Any], batch: dict[str, Any], max_new_tokens: int = 0) -> jax.Array:
-    """Greedy next-token guesses at the loss positions, -1 elsewhere (a WER the tests can watch)."""
-    ids = jnp.argmax(apply(params, batch)["logits"], axis=-1)
-    return jnp.where(batch["loss_mask"] > 0, ids, -1)
+def generate(params: dict[str, Any], batch: dict[str, Any]) -> jax.Array:
+    """Greedy continuation of each prompt (rows are left-aligned) to the end of the row; -1 elsewhere."""
+    ids, mask = batch["input_ids"], batch["token_mask"]
+    start = jnp.sum(mask, axis=1)  # prompt length per row
+    out = jnp.full(ids.shape, -1, jnp.int32)
+    for pos in range(1, S):
+        nxt = jnp.argmax(apply(params, dict(batch, input_ids=ids))["logits"][:, pos - 1], axis=-1)
+        fill = pos >= start
+        ids = ids.at[:, pos].set(jnp.where(fill, nxt, ids[:, pos]).astype(ids.dtype))
+        out = out.at[:, pos].set(jnp.where(fill, nxt, -1).astype(jnp.int32))
+    return out
 
 
 def detokenize(ids: list[int]) -> str:

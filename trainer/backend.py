@@ -1,0 +1,129 @@
+"""The real training backend: the NNX Thinker (trainer/model) and the Grain loader (trainer/data/loader.py).
+
+The loop in trainer/train.py sees the model as pure functions over the canonical parameter tree (preamble
+interface 4), which is exactly ``nnx.to_pure_dict`` of the Thinker's params, so the train state, the
+checkpoint's ``params`` item and a converted HF checkpoint are one and the same tree.
+
+The train section's precision and remat settings are handed to the model config (the model applies them
+per scanned layer), so there is one knob for each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from trainer.config import ExperimentConfig
+from trainer.train import Backend
+
+
+def model_config_for(cfg: ExperimentConfig) -> Any:
+    """The experiment's ModelConfig with the train section's dtypes and remat policy applied."""
+    return cfg.model.model_copy(
+        update={
+            "param_dtype": cfg.train.precision.param_dtype,
+            "compute_dtype": cfg.train.precision.compute_dtype,
+            "remat_policy": cfg.train.remat,
+        }
+    )
+
+
+def backend(cfg: ExperimentConfig) -> Backend:
+    """Builds the Thinker backend for ``cfg`` (the tokenizer is loaded lazily, only for data and eval)."""
+    from trainer.model import sharding
+    from trainer.model.loss import thinker_loss
+    from trainer.model.thinker import Thinker
+
+    mcfg = model_config_for(cfg)
+    abstract_model = nnx.eval_shape(lambda: Thinker(mcfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise RuntimeError("the Thinker holds non-parameter state; the trainer does not carry it")
+
+    def init_params(seed: int) -> Any:
+        return nnx.to_pure_dict(nnx.state(Thinker(mcfg, rngs=nnx.Rngs(seed)), nnx.Param))
+
+    def merge(params: Any) -> Thinker:
+        state = jax.tree.map(lambda x: x, abstract_params)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state, rest)
+
+    def apply(params: Any, batch: dict[str, jax.Array]) -> Any:
+        return merge(params)(batch)
+
+    def param_sharding(abstract: Any, mesh: Any) -> Any:
+        return sharding.param_shardings(abstract_params, mesh)
+
+    tokenizer: dict[str, Any] = {}
+
+    def tok() -> Any:
+        if "tok" not in tokenizer:
+            from trainer.data.text import load_tokenizer
+
+            tokenizer["tok"] = load_tokenizer(cfg.tokenizer.dir)
+        return tokenizer["tok"]
+
+    def make_data(split: str, process_index: int, process_count: int, rows: int) -> Any:
+        from trainer.data.loader import make_loader
+
+        return make_loader(
+            cfg.data, tok(), split, process_index, process_count, cfg.seed, rows, n_window=mcfg.audio.n_window
+        )
+
+    def generate(params: Any, batch: dict[str, jax.Array], max_new_tokens: int) -> jax.Array:
+        from trainer.model import generate as gen
+
+        model = merge(params)
+        stops = (tok().im_end_id, tok().endoftext_id)
+        if jax.process_count() == 1:
+            ids, counts = gen.greedy_generate(model, batch, max_new_tokens, stop_ids=stops)
+        else:
+            # greedy_generate checks prompts on the host, which needs fully addressable arrays; with
+            # several processes the batch is global, so call the compiled loop directly.
+            g, state = nnx.split(model)
+            arrays = {k: v for k, v in batch.items() if k != "meta"}
+            ids, counts = gen._generate_jit(
+                g,
+                state,
+                arrays,
+                max_new_tokens,
+                batch["input_ids"].shape[1] + max_new_tokens,
+                stops,
+                mcfg.tokens.pad_token_id,
+            )
+        return jnp.where(jnp.arange(ids.shape[1])[None, :] < counts[:, None], ids, -1)
+
+    def detokenize(ids: list[int]) -> str:
+        return tok().decode(ids)
+
+    def load_params(path: str) -> Any:
+        from trainer.model_checkpoint import load_model_checkpoint
+
+        loaded_cfg, params = load_model_checkpoint(path)
+        if loaded_cfg.text != mcfg.text or loaded_cfg.audio != mcfg.audio:
+            raise ValueError(f"load_from={path}: its model_config.json does not match the experiment's model")
+        return jax.tree.map(np.asarray, params)
+
+    def flops_per_step(shapes: dict[str, tuple[int, ...]]) -> float:
+        from trainer.flops import train_flops_per_step
+
+        b, s = shapes["input_ids"]
+        return train_flops_per_step(mcfg, b, s, shapes["audio_mel"][-1], cfg.train.freeze)
+
+    return Backend(
+        init_params=init_params,
+        apply=apply,
+        loss=thinker_loss,
+        model_config=mcfg.model_dump(mode="json"),
+        make_data=make_data,
+        param_sharding=param_sharding,
+        generate=generate,
+        detokenize=detokenize,
+        load_params=load_params,
+        flops_per_step=flops_per_step,
+        handles_remat=True,
+    )
