@@ -468,6 +468,21 @@ def main(args: argparse.Namespace) -> int:
         "on_error": args.on_error,
     }
     manifest = write_outputs(dst, results, extra)
+    expected = {Path(job.output) for job in jobs}
+    stale = sorted(
+        p
+        for p in dst.rglob("*.array_record")
+        if p not in expected and not _hidden(p, dst) and QUARANTINE_DIR not in p.relative_to(dst).parts
+    )
+    if stale:
+        # Not deleted (they may be someone's data), but the loader would read them: say so loudly.
+        print(
+            f"warning: {len(stale)} ArrayRecord file(s) in {dst} have no source in this run and are not in "
+            f"manifest.json or index.npz; delete them before training: "
+            + ", ".join(str(p.relative_to(dst)) for p in stale[:5])
+            + (" ..." if len(stale) > 5 else ""),
+            file=sys.stderr,
+        )
     resumed = sum(1 for r in results if r["resumed"])
     skipped = sum(manifest["skipped"].values())
     print(format_report(manifest, histograms=False))

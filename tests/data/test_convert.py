@@ -340,6 +340,17 @@ def test_glob_source_and_root_level_shard(clean_src, tmp_path):
     assert "." in json.loads((tmp_path / "dst2" / "manifest.json").read_text())["splits"]
 
 
+def test_stale_outputs_are_reported(clean_src, tmp_path, capsys):
+    src, _ = clean_src
+    dst = tmp_path / "dst"
+    (dst / "train").mkdir(parents=True)
+    (dst / "train" / "old-shard.array_record").write_bytes(b"")
+    assert _convert(src, dst) == 0
+    err = capsys.readouterr().err
+    assert "1 ArrayRecord file(s)" in err and "train/old-shard.array_record" in err
+    assert (dst / "train" / "old-shard.array_record").exists()  # reported, never deleted
+
+
 def test_compression_option(clean_src, tmp_path):
     src, payloads = clean_src
     assert _convert(src, tmp_path / "z", "--compression", "zstd") == 0

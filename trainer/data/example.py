@@ -317,7 +317,10 @@ class _Feature:
 
 
 def _single_packed(buf: bytes, lo: int, hi: int) -> tuple[int, int] | None:
-    """(start, stop) of the payload when the list body is exactly one packed field 1, else None."""
+    """(start, stop) of the payload when the list body is exactly one length-delimited field 1, else None.
+
+    That is a packed Float/Int64List, or a BytesList holding one value.
+    """
     if hi - lo < 2 or buf[lo] != 0x0A:
         return None
     n = buf[lo + 1]
@@ -370,9 +373,15 @@ def _int_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[int]:
     if len(chunks) == 1:
         packed = _single_packed(buf, *chunks[0])
         if packed is not None:
-            raw = buf[packed[0] : packed[1]]
+            pos, hi = packed
+            raw = buf[pos:hi]
             if not raw or max(raw) < 0x80:  # every varint is one byte: values 0..127
                 return list(raw)
+            out = []
+            while pos < hi:
+                v, pos = _read_varint(buf, pos, hi)
+                out.append(v - (1 << 64) if v >= 1 << 63 else v)
+            return out
     values: list[int] = []
     for start, stop in chunks:
         for number, wire, value in _fields(buf, start, stop):
@@ -389,6 +398,10 @@ def _int_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[int]:
 
 
 def _bytes_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[bytes]:
+    if len(chunks) == 1:
+        one = _single_packed(buf, *chunks[0])  # one value field spanning the list: a single string
+        if one is not None:
+            return [buf[one[0] : one[1]]]
     out: list[bytes] = []
     for start, stop in chunks:
         for number, wire, value in _fields(buf, start, stop):
