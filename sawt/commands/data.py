@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Convert every TFRecord shard under SRC to an ArrayRecord shard under DST, keeping the split/shard "
             "layout. Records pass through byte for byte. Each output is verified and written under a temporary "
-            "name first, so a re-run skips finished shards and redoes half-written ones. Writes "
-            "DST/manifest.json with per-split, per-source statistics."
+            "name first, so a re-run skips finished shards and redoes half-written ones. Bad records are "
+            "counted by reason and quarantined (DST/quarantine.jsonl), or stop the run with --on-error fail. "
+            "Writes DST/manifest.json with per-split, per-source statistics and DST/<split>/index.npz "
+            "(per-record durations and sources) for the loader."
         ),
     )
     convert.add_argument("--src", required=True, help="a directory of TFRecord shards, or a glob")
