@@ -203,6 +203,16 @@ def encode_speech(
 
 
 def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    if pos + 3 <= end:  # unrolled for 1-3 byte varints: every length and count up to 2 MB
+        b0 = buf[pos]
+        if b0 < 0x80:
+            return b0, pos + 1
+        b1 = buf[pos + 1]
+        if b1 < 0x80:
+            return (b0 & 0x7F) | (b1 << 7), pos + 2
+        b2 = buf[pos + 2]
+        if b2 < 0x80:
+            return (b0 & 0x7F) | ((b1 & 0x7F) << 7) | (b2 << 14), pos + 3
     result = 0
     shift = 0
     while True:
