@@ -13,8 +13,8 @@ clip at a time (see docs/data.md and /work/shared/docs/qwen3-omni-thinker.md §6
 Features are computed per clip rather than on a padded batch: in a padded batch HF's last frames see zeros
 instead of the reflection and the frame count becomes ceil(N / 160), which makes features depend on the batch.
 
-The implementation is vectorised (all frames in one strided view, one batched FFT, one matmul) in float32,
-which is what makes it several times faster than the reference's per-frame loop.
+The implementation is vectorised in float32: all frames in one strided view, one batched FFT (scipy, float32)
+and one sparse product with the filterbank.
 """
 
 from __future__ import annotations
@@ -77,6 +77,15 @@ def mel_filters(
 
 
 @functools.cache
+def _mel_filters_sparse():
+    # Each FFT bin feeds at most two filters (394 of 25,728 weights are non-zero). A sparse product is
+    # faster than BLAS here and, unlike OpenBLAS, never spins up threads that fight the loader's threads.
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix(mel_filters())
+
+
+@functools.cache
 def _hann_periodic(length: int = N_FFT) -> np.ndarray:
     k = np.arange(length, dtype=np.float64)
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * k / length)).astype(np.float32)
@@ -108,7 +117,7 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     # loader's threads from oversubscribing the cores.
     spectrum_tf = scipy.fft.rfft(windows_tk * _hann_periodic(), axis=-1, workers=1)
     power_tf = spectrum_tf.real**2 + spectrum_tf.imag**2
-    mel_mt = mel_filters() @ power_tf.T
+    mel_mt = np.ascontiguousarray(_mel_filters_sparse() @ power_tf.T, dtype=np.float32)
     log_mt = np.log10(np.maximum(mel_mt, _LOG_FLOOR, out=mel_mt), out=mel_mt)
     np.maximum(log_mt, log_mt.max() - _DYNAMIC_RANGE, out=log_mt)
     log_mt += 4.0

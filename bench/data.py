@@ -1,0 +1,113 @@
+"""`sawt bench data`: the data pipeline's figures, each against a peer measured in the same run.
+
+- ``example_decode_speedup``: our `tf.train.Example` decode vs protobuf (bench/codec.py);
+- ``convert_vs_cp_ratio``: `sawt data convert` vs ``cp -r`` of the same bytes (bench/codec.py);
+- ``logmel_speedup``, ``logmel_max_abs_diff``: our log-mel vs `WhisperFeatureExtractor` (bench/features.py);
+- ``loader_clips_per_s_one_core`` (+ ``loader_vs_hf_mel_only``): the whole loader path on ten-second clips,
+  one core (bench/features.py).
+
+The headline keys sit at the top level of the JSON; each section's full figures sit under ``sections``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HEADLINE = (
+    "example_decode_speedup",
+    "convert_vs_cp_ratio",
+    "logmel_speedup",
+    "logmel_max_abs_diff",
+    "loader_clips_per_s_one_core",
+    "loader_vs_hf_mel_only",
+)
+
+
+def _sections() -> list[tuple[str, str, str]]:
+    """(section, module, function) in run order."""
+    return [
+        ("example_decode", "bench.codec", "bench_example_decode"),
+        ("convert", "bench.codec", "bench_convert"),
+        ("logmel", "bench.features", "bench_logmel"),
+        ("loader", "bench.features", "bench_loader"),
+    ]
+
+
+def _resolve(module: str, function: str) -> Callable[[bool], dict[str, Any]] | str:
+    """The benchmark function, or a sentence saying why it is not available."""
+    try:
+        return getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return f"{module} is not there yet"
+    except AttributeError:
+        return f"{module} has no {function}() yet"
+
+
+def run(quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs every section; returns the headline keys, the sections and the machine."""
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "quick": quick,
+        "sections": {},
+        "missing": {},
+    }
+    for section, module, function in _sections():
+        bench = _resolve(module, function)
+        if isinstance(bench, str):
+            log(f"{section}: skipped ({bench})")
+            results["missing"][section] = bench
+            continue
+        start = time.monotonic()
+        figures = bench(quick)
+        log(f"{section}: done in {time.monotonic() - start:.1f} s")
+        results["sections"][section] = figures
+        for key in HEADLINE:
+            if key in figures:
+                results[key] = figures[key]
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    """A short human-readable table of the headline figures."""
+    lines = [f"{'figure':<32} {'value':>12}", "-" * 45]
+    for key in HEADLINE:
+        value = results.get(key)
+        text = "n/a" if value is None else (f"{value:.3g}" if abs(value) < 1e-2 else f"{value:,.2f}")
+        lines.append(f"{key:<32} {text:>12}")
+    for section, why in results["missing"].items():
+        lines.append(f"({section}: {why})")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `sawt bench data` (``args.quick``, ``args.json``)."""
+    results = run(bool(getattr(args, "quick", False)))
+    print(report(results))
+    if getattr(args, "json", None):
+        from sawt.fileio import atomic_write_json
+
+        atomic_write_json(Path(args.json), results)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    sys.exit(main(parser.parse_args()))

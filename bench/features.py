@@ -1,0 +1,201 @@
+"""Feature and loader benchmarks: our log-mel vs `transformers.WhisperFeatureExtractor`, and the loader's clips/s.
+
+`bench/data.py` (``sawt bench data``) calls `bench_logmel` and `bench_loader`; run alone with
+``python -m bench.features [--quick]``. Every figure is measured in the same run as its peer.
+
+Peers:
+- log-mel: HF's ``WhisperFeatureExtractor(feature_size=128)`` on the same clip, alone (``padding="longest"``,
+  i.e. no padding; what the Qwen3-Omni processor computes per utterance). Also reported: the max abs difference
+  of the two log-mels over every clip timed.
+- loader: the whole per-clip path of `trainer.data.loader` (ArrayRecord read, Example decode, log-mel,
+  tokenise, prompt + labels, bucket padding, batch) over ten-second clips with Grain running the featuriser in
+  the calling thread, the process pinned to one CPU core. The ratio puts it against HF's feature extractor
+  alone on the same clip (unpinned, so it may use every core): how many clips the full loader turns out
+  per clip HF only featurises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+def _best_per_call(fn: Callable[[], Any], repeat: int, number: int) -> float:
+    """Best-of-``repeat`` mean seconds per call over ``number`` calls (least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / number)
+    return best
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """Noise plus a wobbling harmonic tone: a full-band signal with speech-like dynamics."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SAMPLE_RATE) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
+    return (0.2 * envelope * voiced + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@contextmanager
+def one_core():
+    """Pins this process (all its threads, BLAS included) to one CPU core for the duration."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield core
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _hf_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=128)
+
+
+def _hf_logmel(extractor, wave: np.ndarray) -> np.ndarray:
+    out = extractor(wave, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np")
+    return out["input_features"][0]
+
+
+def bench_logmel(quick: bool) -> dict[str, Any]:
+    """Times one clip's log-mel, ours vs HF's extractor, at 10 s (the headline), 3 s and 30 s.
+
+    Neither is pinned: ours is single-threaded by design, while HF's filterbank matmul may use every core
+    through OpenBLAS (pinning it to one core makes OpenBLAS's spinning threads collide, an unfair penalty).
+
+    Returns:
+        ``logmel_speedup`` (10 s clip), ``logmel_max_abs_diff`` (over every clip timed), per-length speedups
+        and milliseconds per clip.
+    """
+    from trainer.data.audio import log_mel
+
+    extractor = _hf_extractor()
+    repeat, number = (3, 5) if quick else (7, 20)
+    out: dict[str, Any] = {}
+    max_diff = 0.0
+    for seconds in (10.0, 3.0, 30.0):
+        wave = _speechlike(seconds, seed=int(seconds))
+        ours, ref = log_mel(wave), _hf_logmel(extractor, wave)
+        assert ours.shape == ref.shape, (ours.shape, ref.shape)
+        max_diff = max(max_diff, float(np.abs(ours - ref).max()))
+        t_ours = _best_per_call(lambda w=wave: log_mel(w), repeat, number)
+        t_hf = _best_per_call(lambda w=wave: _hf_logmel(extractor, w), repeat, max(1, number // 2))
+        tag = f"{seconds:g}s"
+        out[f"logmel_speedup_{tag}"] = t_hf / t_ours
+        out[f"ms_ours_{tag}"] = t_ours * 1e3
+        out[f"ms_hf_{tag}"] = t_hf * 1e3
+    return {"logmel_speedup": out["logmel_speedup_10s"], "logmel_max_abs_diff": max_diff, **out}
+
+
+def _write_clips(root: Path, count: int, seconds: float) -> tuple[Path, Path]:
+    """An ArrayRecord train split of ``count`` ten-second clips with Arabic transcripts, plus a tokenizer."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from tools.data_synth import read_sentences, tokenizer_training_text, write_tokenizer
+    from trainer.data.example import encode_speech
+
+    sentences = [s.text for s in read_sentences()]
+    split = root / "data" / "train"
+    split.mkdir(parents=True)
+    writer = ArrayRecordWriter(str(split / "train-00000-of-00001.array_record"), "group_size:1")
+    base = _speechlike(seconds, seed=0)
+    for i in range(count):
+        # Long transcripts (two sentences, as ten seconds of speech would have); distinct audio per clip.
+        text = f"{sentences[i % len(sentences)]} {sentences[(7 * i + 3) % len(sentences)]}"
+        writer.write(encode_speech(np.roll(base, 997 * i), text, "bench", f"clip-{i:06d}"))
+    writer.close()
+    write_tokenizer(tokenizer_training_text(sentences), root / "tokenizer")
+    return root / "data", root / "tokenizer"
+
+
+def bench_loader(quick: bool) -> dict[str, Any]:
+    """Clips per second of the full loader path on ten-second clips, on one core.
+
+    Returns:
+        ``loader_clips_per_s_one_core``, ``loader_vs_hf_mel_only`` (loader clips/s over the clips/s of HF's
+        extractor alone) and the raw figures.
+    """
+    import grain  # noqa: F401  (imported before timing)
+
+    from trainer.data.config import DataConfig
+    from trainer.data.loader import make_loader
+    from trainer.data.text import load_tokenizer
+
+    count, rows = (48, 8) if quick else (240, 8)
+    seconds = 10.0
+    with tempfile.TemporaryDirectory(prefix="sawt-bench-loader-") as tmp:
+        data, tok_dir = _write_clips(Path(tmp), count, seconds)
+        tok = load_tokenizer(tok_dir)
+        config = DataConfig(
+            dir=str(data),
+            buckets=[(1000, 256)],
+            min_duration=0.5,
+            max_duration=10.0,
+            num_threads=0,  # featurise in the calling thread: one core's worth of work, no overlap
+            prefetch_batches=0,
+        )
+        extractor = _hf_extractor()
+        wave = _speechlike(seconds, seed=1)
+        with one_core() as core:
+            best = float("inf")
+            ok = 0
+            for _ in range(1 if quick else 2):
+                loader = make_loader(config, tok, "train", 0, 1, 0, rows, num_epochs=1)
+                t0 = time.perf_counter()
+                statuses = [s for batch in loader for s in batch["meta"]["status"]]
+                best = min(best, time.perf_counter() - t0)
+                ok = statuses.count("ok")
+            if ok != count:
+                raise RuntimeError(f"the loader used {ok} of {count} clips: {set(statuses)}")
+        # The peer runs unpinned, as in bench_logmel (a conservative ratio: HF may use every core).
+        t_hf = _best_per_call(lambda: _hf_logmel(extractor, wave), 3, 3 if quick else 10)
+    clips_per_s = count / best
+    return {
+        "loader_clips_per_s_one_core": clips_per_s,
+        "loader_vs_hf_mel_only": clips_per_s * t_hf,
+        "hf_mel_only_clips_per_s": 1.0 / t_hf,
+        "loader_ms_per_clip": 1e3 / clips_per_s,
+        "loader_clips": count,
+        "loader_rows_per_batch": rows,
+        "clip_seconds": seconds,
+        "pinned_core": core,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    results = {"logmel": bench_logmel(args.quick), "loader": bench_loader(args.quick)}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
