@@ -60,5 +60,16 @@ lock:
 images-smoke: setup
 	$(PY) -m tools.images smoke
 
+# Model parity goldens: tiny random HF Qwen3-Omni thinkers + reference outputs (tests/goldens/model/).
+# transformers' modelling needs torch, whose CPU wheels exist here only for Python 3.11: a separate venv.
+VENV_REF := .venv-ref
+goldens: $(VENV_REF)/.installed
+	$(VENV_REF)/bin/python tools/hf_reference/make_goldens.py --out tests/goldens/model
+
+$(VENV_REF)/.installed:
+	@test -x $(VENV_REF)/bin/python || python3.11 -m venv $(VENV_REF)
+	$(VENV_REF)/bin/pip install -q torch==2.13.0 transformers==5.24.0 safetensors numpy
+	@touch $@
+
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Reference tools that run Hugging Face transformers (torch) in the separate `.venv-ref` environment."""

@@ -1,0 +1,174 @@
+"""KV-cache inference: `prefill`, `decode_step` and `greedy_generate`.
+
+The cache is `KVCache(k, v, lengths)` with k, v [layers, batch, max_len, kv_heads, head_dim] and per-row
+`lengths` [batch] (= filled slots = the position of the row's next token), so rows can sit at different
+decode steps (the serving engine's continuous batching) while every shape stays static: `decode_step` is
+jittable once per (batch, max_len). Prompts must be left-aligned (valid tokens first, padding after),
+which is what the loader produces; positions are then the slot indices, as HF's cumsum(mask)-1.
+
+`prefill` and `decode_step` take the NNX model and work eagerly or under `nnx.jit`; `greedy_generate` jits
+the whole prompt + decode loop (a `lax.while_loop`, no per-token Python) and caches the compiled function
+per model structure and shapes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from trainer.model.config import ModelConfig
+from trainer.model.layers import _dtype
+from trainer.model.thinker import Thinker, check_audio_placeholders
+
+
+class KVCache(NamedTuple):
+    """k, v [L, B, T, Nkv, hd]; lengths int32 [B]: slots filled per row."""
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
+    """An empty cache (compute dtype)."""
+    t = config.text
+    shape = (t.num_hidden_layers, batch_size, max_len, t.num_key_value_heads, t.head_dim)
+    dt = _dtype(config.compute_dtype)
+    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((batch_size,), jnp.int32))
+
+
+def insert_rows(cache: KVCache, rows: KVCache, slots: jax.Array) -> KVCache:
+    """Copies the rows of a (prefilled) `rows` cache into batch slots `slots` [b] of `cache`.
+
+    Both caches must have the same max_len.
+    """
+    return KVCache(
+        cache.k.at[:, slots].set(rows.k.astype(cache.k.dtype)),
+        cache.v.at[:, slots].set(rows.v.astype(cache.v.dtype)),
+        cache.lengths.at[slots].set(rows.lengths),
+    )
+
+
+def prefill(model: Thinker, batch: dict, max_len: int) -> tuple[jax.Array, KVCache]:
+    """Runs the prompt and fills a fresh cache.
+
+    Args:
+        model: the thinker.
+        batch: prompt batch (interface 1 keys `input_ids`, `token_mask`, `positions` and the audio keys);
+            each row's valid tokens must come first.
+        max_len: cache length (prompt + tokens to generate); >= the prompt width.
+
+    Returns:
+        (logits [B, V] fp32 at each row's last valid token, cache with lengths = valid tokens per row).
+    """
+    ids = jnp.asarray(batch["input_ids"])
+    s = ids.shape[1]
+    if s > max_len:
+        raise ValueError(f"prompt width {s} exceeds cache length {max_len}")
+    token_mask = jnp.asarray(batch["token_mask"]).astype(bool)
+    x, ok = model.embed(batch)
+    h, _, (k, v) = model.model(x, jnp.asarray(batch["positions"]), token_mask, return_kv=True)
+    lengths = jnp.sum(token_mask, axis=1).astype(jnp.int32)
+    last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+    logits = model.logits(last[:, None])[:, 0]
+    logits = jnp.where(ok[:, None], logits, jnp.nan)
+    pad = ((0, 0), (0, 0), (0, max_len - s), (0, 0), (0, 0))
+    return logits, KVCache(jnp.pad(k, pad), jnp.pad(v, pad), lengths)
+
+
+def decode_step(
+    model: Thinker, cache: KVCache, tokens: jax.Array, active: jax.Array | None = None
+) -> tuple[jax.Array, KVCache]:
+    """Feeds one token per row.
+
+    Args:
+        model: the thinker.
+        cache: the KV cache; row b's token goes to slot (and position) cache.lengths[b].
+        tokens: int [B].
+        active: bool [B]; inactive rows do not advance their length (their slot is rewritten later).
+
+    Returns:
+        (logits [B, V] fp32, updated cache).
+    """
+    lengths = cache.lengths
+    x = model.model.embed_tokens(tokens[:, None])
+    h, k, v = model.model.decode(x, lengths[:, None], cache.k, cache.v, lengths)
+    logits = model.logits(h)[:, 0]
+    step = jnp.ones_like(lengths) if active is None else active.astype(jnp.int32)
+    return logits, KVCache(k, v, lengths + step)
+
+
+def _generate(
+    graphdef, state, batch, max_new_tokens: int, max_len: int, stop_ids: tuple[int, ...], pad_id: int
+):
+    model = nnx.merge(graphdef, state)
+    logits, cache = prefill(model, batch, max_len)
+    b = logits.shape[0]
+    stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+
+    def cond(carry):
+        i, _, _, _, done, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, cache, tok, out, done, count = carry
+        is_stop = jnp.any(tok[:, None] == stop[None, :], axis=1)
+        write = ~done & ~is_stop
+        out = out.at[:, i].set(jnp.where(write, tok, pad_id))
+        count = count + write.astype(jnp.int32)
+        done = done | is_stop
+        logits, cache = decode_step(model, cache, tok, ~done)
+        return i + 1, cache, jnp.argmax(logits, axis=-1).astype(jnp.int32), out, done, count
+
+    init = (
+        jnp.int32(0),
+        cache,
+        jnp.argmax(logits, axis=-1).astype(jnp.int32),
+        jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.zeros((b,), jnp.int32),
+    )
+    _, _, _, out, _, count = jax.lax.while_loop(cond, body, init)
+    return out, count
+
+
+_generate_jit = jax.jit(_generate, static_argnums=(0, 3, 4, 5, 6))
+
+
+def greedy_generate(
+    model: Thinker,
+    batch: dict,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...] | list[int] | None = None,
+    max_len: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Greedy decoding of up to `max_new_tokens` per row, in one compiled loop.
+
+    Args:
+        model: the thinker.
+        batch: prompt batch (left-aligned rows; see `prefill`).
+        max_new_tokens: tokens to generate at most.
+        stop_ids: ids that end a row (default: the config's eos ids); () generates exactly max_new_tokens.
+        max_len: cache length; default prompt width + max_new_tokens.
+
+    Returns:
+        (ids int32 [B, max_new_tokens], counts int32 [B]): ids[b, :counts[b]] are the generated tokens
+        without the stop token; the rest are the pad id.
+    """
+    cfg = model.config
+    stops = tuple(cfg.tokens.eos_token_ids if stop_ids is None else stop_ids)
+    ids = np.asarray(batch["input_ids"])
+    mask = np.asarray(batch["token_mask"]).astype(bool)
+    if not isinstance(batch["input_ids"], jax.core.Tracer):
+        check_audio_placeholders(batch, cfg)
+        # Left-aligned rows: no valid token after the first pad.
+        if np.any(mask[:, 1:] & ~mask[:, :-1]):
+            raise ValueError("greedy_generate needs left-aligned prompts (valid tokens first, then padding)")
+    max_len = max_len or ids.shape[1] + max_new_tokens
+    arrays = {k: v for k, v in batch.items() if k != "meta" and v is not None}
+    graphdef, state = nnx.split(model)
+    return _generate_jit(graphdef, state, arrays, max_new_tokens, max_len, stops, cfg.tokens.pad_token_id)
