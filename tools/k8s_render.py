@@ -293,9 +293,9 @@ def _train_context(values: Values) -> dict[str, Any]:
         f"{CONFIG_MOUNT}/config.yaml",
         "--run-dir",
         values.storage.checkpoints.run_dir(train.run_name),
-        "--metrics-port",
-        str(values.metrics.port),
         *train.overrides,
+        # Last, so that the scrape port and the container port cannot disagree.
+        f"metrics.port={values.metrics.port}",
     ]
     return {
         **_jobset_context(values, "train", jobset, mounts, train.env),
@@ -341,9 +341,9 @@ def _convert_context(values: Values, workload: str) -> dict[str, Any]:
             "sawt",
             "convert",
             "hf-to-orbax",
-            "--src",
+            "--hf",
             f"{root}/{job.src}",
-            "--dst",
+            "--out",
             f"{root}/{job.dst}",
         ]
     if job.shards > 1:

@@ -294,7 +294,12 @@ class ConvertJob(Frozen):
     name: str = Field(..., description="Job name.")
     src: str = Field(..., description="Input path, relative to the job's bucket mount.")
     dst: str = Field(..., description="Output path, relative to the job's bucket mount.")
-    shards: int = Field(1, ge=1, description="Completions: index i converts shard i of `shards`.")
+    shards: int = Field(
+        1,
+        ge=1,
+        description="Completions of the Indexed Job. Above 1, index i gets `--shard-index i --num-shards N` "
+        "and converts its share of the inputs.",
+    )
     parallelism: int = Field(1, ge=1, description="Pods running at once (at most `shards`).")
     args: list[str] = Field(default_factory=list, description="Extra arguments for the convert command.")
     resources: Resources = Field(default_factory=Resources, description="Per-pod CPU/memory.")
@@ -401,7 +406,7 @@ class Values(Frozen):
     train: Train = Field(default_factory=Train, description="The train JobSet.")
     batch_infer: BatchInfer = Field(default_factory=BatchInfer, description="The batch-infer JobSet.")
     data_convert: ConvertJob = Field(
-        default_factory=lambda: ConvertJob(name="data-convert", src="tfrecord", dst="arrayrecord", shards=8),
+        default_factory=lambda: ConvertJob(name="data-convert", src="tfrecord", dst="arrayrecord"),
         description="`sawt data convert` as an indexed CPU Job (paths under storage.data).",
     )
     ckpt_convert: ConvertJob = Field(
@@ -427,6 +432,8 @@ class Values(Frozen):
         for key, value in names.items():
             if not DNS_LABEL.match(value):
                 raise ValueError(f"{key}: {value!r} is not a DNS label (lowercase letters, digits, '-')")
+        if self.ckpt_convert.shards != 1:
+            raise ValueError("ckpt_convert.shards: a checkpoint converts in one pod (shards must be 1)")
         if self.serve.port == self.metrics.port:
             raise ValueError(f"serve.port and metrics.port are both {self.metrics.port}")
         return self

@@ -105,8 +105,10 @@ def test_train_jobset_has_the_v4_32_shape():
     assert spec["priorityClassName"] == "sawt-training" and spec["serviceAccountName"] == "sawt"
     (container,) = spec["containers"]
     assert container["resources"]["limits"]["google.com/tpu"] == "4"
-    assert container["command"][:4] == ["sawt", "train", "--config", "/etc/sawt/config.yaml"]
-    assert "gs://my-sawt-checkpoints/runs/qwen3-asr" in container["command"]
+    assert "command" not in container  # the image's tini entrypoint stays PID 1
+    assert container["args"][:4] == ["sawt", "train", "--config", "/etc/sawt/config.yaml"]
+    assert container["args"][4:6] == ["--run-dir", "gs://my-sawt-checkpoints/runs/qwen3-asr"]
+    assert container["args"][-1] == "metrics.port=9400"
     assert container["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -181,7 +183,7 @@ def test_multislice_sets_replicas_and_megascale_env():
         "readOnly" not in checkpoints["csi"]
         and checkpoints["csi"]["volumeAttributes"]["hostNetworkPodKSA"] == "true"
     )
-    assert "/checkpoints/qwen3-asr-ms" in pod["containers"][0]["command"]
+    assert "/checkpoints/qwen3-asr-ms" in pod["containers"][0]["args"]
 
 
 def test_privileged_is_an_explicit_toggle(schemas):
@@ -196,17 +198,38 @@ def test_privileged_is_an_explicit_toggle(schemas):
 def test_cpu_jobs_are_indexed_and_non_root():
     objects = k8s_render.render_objects(load_values(), "data-convert")
     (job,) = _by_kind(objects, "Job")
-    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 8
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 1
     spec = job["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True and "nodeSelector" not in spec
-    command = spec["containers"][0]["command"]
-    assert command[:3] == ["sawt", "data", "convert"] and "$(JOB_COMPLETION_INDEX)" in command
+    args = spec["containers"][0]["args"]
+    assert args == [
+        "sawt",
+        "data",
+        "convert",
+        "--src",
+        "/data/tfrecord",
+        "--dst",
+        "/data/arrayrecord",
+        "--workers",
+        "16",
+    ]
+    sharded = k8s_render.render_objects(load_values(VALUES_DIR / "multislice.yaml"), "data-convert")
+    (sharded_job,) = _by_kind(sharded, "Job")
+    assert sharded_job["spec"]["completions"] == sharded_job["spec"]["parallelism"] == 8
+    args = sharded_job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-4:] == ["--shard-index", "$(JOB_COMPLETION_INDEX)", "--num-shards", "8"]
     ckpt = _by_kind(k8s_render.render_objects(load_values(), "ckpt-convert"), "Job")[0]
-    assert ckpt["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+    assert ckpt["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "sawt",
         "convert",
         "hf-to-orbax",
+        "--hf",
+        "/models/hf/Qwen3-Omni-30B-A3B-Instruct",
+        "--out",
+        "/models/qwen3-asr",
     ]
+    with pytest.raises(ConfigError, match=r"ckpt_convert\.shards"):
+        load_values(None, ["ckpt_convert.shards=2"])
 
 
 def test_serve_deployment_probes_grace_and_hpa(schemas):
