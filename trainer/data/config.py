@@ -17,7 +17,7 @@ class DataConfig(Frozen):
         "build/demo/arrayrecord", description="ArrayRecord root holding train/, validation/ and test/ splits."
     )
     buckets: list[tuple[int, int]] = Field(
-        default_factory=lambda: [(200, 96), (400, 128), (600, 160)],
+        default_factory=lambda: [(200, 64), (400, 96), (600, 128)],
         description="Static batch shapes as (audio_frames, text_tokens) pairs, ascending in audio_frames. A "
         "clip goes to the first bucket whose audio_frames (mel frames, 100 per second; a multiple of 100) hold "
         "it; text_tokens must hold the prompt (about 13 audio tokens per second plus the chat scaffolding), the "
