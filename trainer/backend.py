@@ -45,7 +45,7 @@ def backend(cfg: ExperimentConfig) -> Backend:
         raise RuntimeError("the Thinker holds non-parameter state; the trainer does not carry it")
 
     def init_params(seed: int) -> Any:
-        return nnx.to_pure_dict(nnx.state(Thinker(mcfg, rngs=nnx.Rngs(seed)), nnx.Param))
+        return nnx.to_pure_dict(nnx.state(Thinker(mcfg, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param))
 
     def merge(params: Any) -> Thinker:
         state = jax.tree.map(lambda x: x, abstract_params)
