@@ -118,10 +118,11 @@ class Security(Frozen):
         "removes the capability drop and allowPrivilegeEscalation: false.",
     )
     tpu_run_as_non_root: bool = Field(
-        False,
-        description="Run TPU containers as run_as_user with runAsNonRoot. Off by default: the TPU device "
-        "nodes (/dev/vfio, /dev/accel*) are root-owned unless the node maps device ownership to the pod's "
-        "user. CPU-only pods always run as non-root.",
+        True,
+        description="Enforce runAsNonRoot, run_as_user and fs_group on TPU pods too (the sawt images run as "
+        "uid 1000; GKE 1.28+ gives unprivileged containers the TPU devices). Turn off only for an image that "
+        "must run as root, e.g. where libtpu cannot open /dev/accel* or /dev/vfio as a non-root user. CPU-only "
+        "pods always run as non-root.",
     )
     run_as_user: int = Field(1000, ge=1, description="UID of non-root containers (the images' sawt user).")
     run_as_group: int = Field(1000, ge=1, description="GID of non-root containers.")

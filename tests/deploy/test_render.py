@@ -189,6 +189,12 @@ def test_multislice_sets_replicas_and_megascale_env():
 def test_privileged_is_an_explicit_toggle(schemas):
     default = _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")[0]
     assert "privileged" not in default["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert default["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    as_root = _by_kind(
+        k8s_render.render_objects(load_values(None, ["security.tpu_run_as_non_root=false"]), "serve"),
+        "Deployment",
+    )[0]
+    assert "runAsNonRoot" not in as_root["spec"]["template"]["spec"]["securityContext"]
     objects = k8s_render.render_objects(load_values(None, ["security.privileged=true"]), "serve")
     container = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["securityContext"] == {"privileged": True}
