@@ -420,66 +420,104 @@ def _bytes_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-class _NotCanonical(Exception):
-    """Internal: the fast parser met something other than TensorFlow's canonical layout."""
+def _bytes_run(buf: bytes, s: int, stop: int) -> list[bytes] | None:
+    """The values of a BytesList body written as TF does (only field-1 strings); None for anything else."""
+    out = []
+    while s < stop:
+        if buf[s] != 0x0A:
+            return None
+        n = buf[s + 1]
+        s += 2
+        if n >= 0x80:
+            n, s = _read_varint(buf, s - 1, stop)
+        if s + n > stop:
+            return None
+        out.append(buf[s : s + n])
+        s += n
+    return out
 
 
-def _parse_canonical(buf: bytes) -> dict[str, _Feature]:
-    """Parses the layout TensorFlow writes, with no generic field machinery (the hot path).
+def _decode_canonical(buf: bytes) -> dict[str, np.ndarray | list[bytes]] | None:
+    """Decodes the layout TensorFlow writes in one pass, with no generic field machinery (the hot path).
 
-    Expects exactly one Example.features field; every map entry as key then value with one-byte key
-    length; each Feature with at most one kind field. Anything else raises _NotCanonical and the generic
-    parser takes over, so this only decides speed, never results.
+    Expects exactly one Example.features field; every map entry as key then value with a one-byte key
+    length; each Feature with at most one kind field holding one packed run. Returns None on anything
+    else and the generic parser takes over, so this decides speed only, never results.
     """
     end = len(buf)
-    features: dict[str, _Feature] = {}
+    out: dict[str, np.ndarray | list[bytes]] = {}
     if end == 0:
-        return features
+        return out
     try:
         if buf[0] != 0x0A:
-            raise _NotCanonical
+            return None
         n = buf[1]
         pos = 2
         if n >= 0x80:
             n, pos = _read_varint(buf, 1, end)
         if pos + n != end:
-            raise _NotCanonical
+            return None
         while pos < end:
-            if buf[pos] != 0x0A:
-                raise _NotCanonical
+            # Map entry: 0A len | 0A klen key | 12 vlen | kind llen | list body
             n = buf[pos + 1]
             p = pos + 2
             if n >= 0x80:
                 n, p = _read_varint(buf, pos + 1, end)
             stop = p + n
             klen = buf[p + 1]
-            if buf[p] != 0x0A or klen >= 0x80 or stop > end:
-                raise _NotCanonical
             kstop = p + 2 + klen
-            if buf[kstop] != 0x12:
-                raise _NotCanonical
+            if buf[pos] != 0x0A or buf[p] != 0x0A or klen >= 0x80 or stop > end or buf[kstop] != 0x12:
+                return None
             n = buf[kstop + 1]
             q = kstop + 2
             if n >= 0x80:
                 n, q = _read_varint(buf, kstop + 1, end)
             if q + n != stop:
-                raise _NotCanonical
+                return None
+            value: np.ndarray | list[bytes] | None
             if q == stop:
-                feature = _Feature()
+                value = []  # a Feature with no kind set
             else:
                 kind = buf[q]
                 n = buf[q + 1]
                 r = q + 2
                 if n >= 0x80:
                     n, r = _read_varint(buf, q + 1, end)
-                if r + n != stop or kind not in (0x0A, 0x12, 0x1A):
-                    raise _NotCanonical
-                feature = _Feature(kind >> 3, [(r, stop)])
-            features[buf[p + 2 : kstop].decode("utf-8")] = feature
+                if r + n != stop:
+                    return None
+                if kind == 0x0A:
+                    value = _bytes_run(buf, r, stop)
+                elif kind == 0x12 or kind == 0x1A:
+                    if r == stop:
+                        value = np.zeros(0, _F32 if kind == 0x12 else np.int64)
+                    else:
+                        if buf[r] != 0x0A:
+                            return None
+                        n = buf[r + 1]
+                        s = r + 2
+                        if n >= 0x80:
+                            n, s = _read_varint(buf, r + 1, stop)
+                        if s + n != stop:
+                            return None
+                        if kind == 0x12:
+                            if n & 3:
+                                return None
+                            value = np.frombuffer(buf, _F32, n >> 2, s)  # zero-copy view
+                        else:
+                            ints = []
+                            while s < stop:
+                                v, s = _read_varint(buf, s, stop)
+                                ints.append(v - (1 << 64) if v >= 1 << 63 else v)
+                            value = np.array(ints, np.int64)
+                else:
+                    return None
+                if value is None:
+                    return None
+            out[buf[p + 2 : kstop].decode("utf-8")] = value
             pos = stop
     except (IndexError, UnicodeDecodeError, DecodeError):
-        raise _NotCanonical from None
-    return features
+        return None
+    return out
 
 
 def _parse_generic(buf: bytes) -> dict[str, _Feature]:
@@ -515,14 +553,6 @@ def _parse_generic(buf: bytes) -> dict[str, _Feature]:
     return features
 
 
-def _parse_features(buf: bytes) -> dict[str, _Feature]:
-    """Parses an Example into name -> _Feature without materialising any values."""
-    try:
-        return _parse_canonical(buf)
-    except _NotCanonical:
-        return _parse_generic(buf)
-
-
 def _as_buffer(data: bytes | bytearray | memoryview) -> bytes:
     # np.frombuffer views need an object that owns the bytes; a bytes object is also the fastest to index.
     return data if isinstance(data, bytes) else bytes(data)
@@ -543,7 +573,10 @@ def decode_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
         DecodeError: the bytes are not a well-formed Example.
     """
     buf = _as_buffer(data)
-    return {name: feature.value(buf) for name, feature in _parse_features(buf).items()}
+    decoded = _decode_canonical(buf)
+    if decoded is None:
+        decoded = {name: feature.value(buf) for name, feature in _parse_generic(buf).items()}
+    return decoded
 
 
 # ------------------------------------------------------------------------------------- speech records
@@ -573,50 +606,49 @@ class SpeechMeta:
     sample_id: str
 
 
-def _require(features: dict[str, _Feature], name: str, kind: int) -> _Feature:
-    feature = features.get(name)
-    if feature is None:
+def _kind(value: np.ndarray | list[bytes]) -> str:
+    if isinstance(value, list):
+        return "bytes_list"
+    return "float_list" if value.dtype == _F32 else "int64_list"
+
+
+def _require(features: dict, name: str, kind: str) -> Any:
+    value = features.get(name)
+    if value is None:
         raise BadRecord("missing_feature", f"required feature {name!r} is absent")
-    if feature.kind != kind:
-        names = {0: "unset", 1: "bytes_list", 2: "float_list", 3: "int64_list"}
-        raise BadRecord(
-            "missing_feature", f"feature {name!r} is a {names[feature.kind]}, expected {names[kind]}"
-        )
-    return feature
+    if _kind(value) != kind and len(value):  # an empty/unset feature is reported as holding 0 values
+        raise BadRecord("missing_feature", f"feature {name!r} is a {_kind(value)}, expected a {kind}")
+    return value
 
 
-def _scalar(buf: bytes, features: dict[str, _Feature], name: str, kind: int) -> Any:
-    chunks = _require(features, name, kind).chunks
-    values = {1: _bytes_values, 2: _float_values, 3: _int_values}[kind](buf, chunks)
+def _scalar(features: dict, name: str, kind: str) -> Any:
+    values = _require(features, name, kind)
     if len(values) != 1:
         raise BadRecord("missing_feature", f"feature {name!r} holds {len(values)} values, expected 1")
     return values[0]
 
 
-def _text(buf: bytes, features: dict[str, _Feature], name: str) -> str:
-    raw = _scalar(buf, features, name, 1)
+def _text(features: dict, name: str) -> str:
+    raw = _scalar(features, name, "bytes_list")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadRecord("undecodable", f"feature {name!r} is not valid UTF-8") from e
 
 
-def _parse_or_bad(buf: bytes) -> dict[str, _Feature]:
+def _decode_or_bad(data: bytes) -> dict:
     try:
-        return _parse_features(buf)
+        return decode_example(data)
     except DecodeError as e:
         raise BadRecord("undecodable", str(e)) from e
 
 
-def _meta(buf: bytes, features: dict[str, _Feature], expected_rate: int | None) -> SpeechMeta:
-    try:
-        audio_len = int(_scalar(buf, features, "audio_len", 3))
-        sample_rate = int(_scalar(buf, features, "sample_rate", 3))
-        duration = float(_scalar(buf, features, "duration", 2))
-        dataset_name = _text(buf, features, "dataset_name")
-        sample_id = _text(buf, features, "sample_id")
-    except DecodeError as e:
-        raise BadRecord("undecodable", str(e)) from e
+def _meta(features: dict, expected_rate: int | None) -> SpeechMeta:
+    audio_len = int(_scalar(features, "audio_len", "int64_list"))
+    sample_rate = int(_scalar(features, "sample_rate", "int64_list"))
+    duration = float(_scalar(features, "duration", "float_list"))
+    dataset_name = _text(features, "dataset_name")
+    sample_id = _text(features, "sample_id")
     if expected_rate is not None and sample_rate != expected_rate:
         raise BadRecord("wrong_sample_rate", f"sample_rate is {sample_rate}, expected {expected_rate}")
     if sample_rate <= 0:
@@ -632,8 +664,7 @@ def peek_speech_meta(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) ->
     Raises:
         BadRecord: undecodable bytes, a missing metadata feature or a wrong sample rate.
     """
-    buf = _as_buffer(data)
-    return _meta(buf, _parse_or_bad(buf), expected_rate)
+    return _meta(_decode_or_bad(data), expected_rate)
 
 
 def decode_speech(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> SpeechRecord:
@@ -651,14 +682,12 @@ def decode_speech(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> Sp
             ``missing_feature`` (absent, of the wrong kind, or not exactly one value for a scalar),
             ``audio_len_mismatch``, ``non_finite_audio`` or ``wrong_sample_rate``.
     """
-    buf = _as_buffer(data)
-    features = _parse_or_bad(buf)
-    meta = _meta(buf, features, expected_rate)
-    try:
-        audio = _require(features, "audio", 2).value(buf)
-        text = _text(buf, features, "text")
-    except DecodeError as e:
-        raise BadRecord("undecodable", str(e)) from e
+    features = _decode_or_bad(data)
+    meta = _meta(features, expected_rate)
+    audio = _require(features, "audio", "float_list")
+    if _kind(audio) != "float_list":  # only an empty feature gets here: no samples
+        audio = np.zeros(0, _F32)
+    text = _text(features, "text")
     if audio.size != meta.audio_len:
         raise BadRecord(
             "audio_len_mismatch", f"audio_len is {meta.audio_len} but audio has {audio.size} samples"
