@@ -411,3 +411,28 @@ def test_expected_rate_none_accepts_any_positive_rate():
     assert decode_speech(_speech(sample_rate=8000), expected_rate=None).sample_rate == 8000
     with pytest.raises(BadRecord, match="wrong_sample_rate"):
         decode_speech(_speech(sample_rate=0), expected_rate=None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_features.map(encode_example), _mutated_examples()))
+def test_fast_path_agrees_with_the_generic_parser(data):
+    """The one-pass decoder of TF's layout must give what the generic parser gives, or step aside."""
+    from trainer.data.example import _decode_canonical, _parse_generic
+
+    fast = _decode_canonical(data)
+    try:
+        generic = {name: f.value(data) for name, f in _parse_generic(data).items()}
+    except DecodeError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert list(fast) == list(generic)
+        _assert_same(fast, generic)
+
+
+def test_fast_path_handles_what_tensorflow_writes():
+    from trainer.data.example import _decode_canonical
+
+    for name in ("all_kinds.det.pb", "all_kinds.pb", "speech.det.pb"):
+        assert _decode_canonical(_golden(name)) is not None, name
+    assert _decode_canonical(_golden("unpacked.pb")) is None  # unpacked lists go to the generic parser
