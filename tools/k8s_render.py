@@ -435,6 +435,29 @@ CONTEXTS = {
 # Rendering
 
 
+class _UniqueKeyLoader(yaml.CSafeLoader):
+    """Refuses a mapping with a repeated key, which plain YAML loading would silently collapse."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def render_text(values: Values, workload: str) -> str:
     """The raw template output (before normalisation); `render` is what users and goldens see."""
     if workload not in WORKLOADS:
@@ -457,7 +480,7 @@ def render_objects(values: Values, workload: str) -> list[dict[str, Any]]:
     """The workload's objects as dicts, in apply order."""
     text = render_text(values, workload)
     try:
-        docs = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+        docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
     except yaml.YAMLError as err:  # a template bug, not user input; say where
         raise RenderError(f"template {workload}.yaml.j2 produced invalid YAML: {err}") from err
     return [doc for doc in docs if doc]

@@ -378,3 +378,11 @@ def test_tpu_table_covers_the_four_generations():
     assert tpu_types.tpu_slice("v5e", "4x4").name == "v5litepod-16"
     with pytest.raises(tpu_types.TopologyError, match="unknown TPU type 'v3'"):
         tpu_types.tpu_slice("v3", "2x2")
+
+
+def test_a_template_that_repeats_a_key_is_a_render_error(monkeypatch):
+    monkeypatch.setattr(
+        k8s_render, "render_text", lambda values, workload: "kind: A\nmetadata: {}\nkind: B\n"
+    )
+    with pytest.raises(k8s_render.RenderError, match="duplicate key 'kind'"):
+        k8s_render.render_objects(load_values(), "train")
