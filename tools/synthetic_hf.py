@@ -24,11 +24,20 @@ DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp32": np.dtype(np.float32)}
 def hf_config_dict(config, *, wrapped: bool = True) -> dict:
     """An HF config.json dict for a `ModelConfig` (``thinker_config`` wrapper like the release, or bare)."""
     t, a, ids = config.text, config.audio, config.tokens
+    # Vision ids: the demo tokenizer's (interface 3) for small vocabularies, else the released model's.
+    vision = (6, 7, 8, 9) if t.vocab_size <= 1024 else (151652, 151653, 151655, 151656)
     thinker = {
         "model_type": "qwen3_omni_moe_thinker",
         "audio_token_id": ids.audio_token_id,
         "audio_start_token_id": ids.audio_start_token_id,
         "audio_end_token_id": ids.audio_end_token_id,
+        # HF reads these even for audio-only input (get_rope_index), so a loadable config needs them.
+        "vision_start_token_id": vision[0],
+        "vision_end_token_id": vision[1],
+        "image_token_id": vision[2],
+        "video_token_id": vision[3],
+        "position_id_per_seconds": 13,
+        "tie_word_embeddings": False,
         "text_config": {
             "vocab_size": t.vocab_size,
             "hidden_size": t.hidden_size,
@@ -42,7 +51,14 @@ def hf_config_dict(config, *, wrapped: bool = True) -> dict:
             "intermediate_size": t.moe_intermediate_size,
             "norm_topk_prob": t.norm_topk_prob,
             "rms_norm_eps": t.rms_norm_eps,
-            "rope_parameters": {"rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)},
+            "hidden_act": "silu",
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": t.rope_theta,
+                "mrope_section": list(t.mrope_section),
+                "interleaved": True,
+                "mrope_interleaved": True,
+            },
             "max_position_embeddings": t.max_position_embeddings,
             "router_aux_loss_coef": t.router_aux_loss_coef,
             "eos_token_id": list(ids.eos_token_ids),
@@ -60,6 +76,16 @@ def hf_config_dict(config, *, wrapped: bool = True) -> dict:
             "n_window_infer": a.n_window_infer,
             "max_source_positions": a.max_source_positions,
             "output_dim": a.output_dim,
+            "activation_function": "gelu",
+        },
+        # A one-block vision tower: HF builds one even for audio-only use; the default is 0.5 B params.
+        "vision_config": {
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": t.hidden_size,
+            "deepstack_visual_indexes": [],
         },
     }
     if not wrapped:
