@@ -252,43 +252,26 @@ def load_backend(cfg: ExperimentConfig, plugin: str | None) -> Backend:
     return module.backend(cfg)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The loop
+@dataclasses.dataclass
+class Program:
+    """The compiled-program view of a run: abstract sharded state, optimizer and the step function."""
+
+    init_params: Callable[[int], Any]
+    abstract_state: dict[str, Any]
+    shardings: dict[str, Any]
+    tx: Any
+    step: Callable[[dict[str, Any], dict[str, jax.Array]], tuple[dict[str, Any], dict[str, jax.Array]]]
+
+    def jitted_step(self) -> Any:
+        """The step under jit: state donated, new state laid out like the old one."""
+        return jax.jit(self.step, donate_argnums=0, out_shardings=(self.shardings, None))
 
 
-def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
-    """Trains to ``cfg.train.steps``, resuming from the run's latest complete checkpoint.
+def build_program(cfg: ExperimentConfig, backend: Backend, mesh: Mesh) -> Program:
+    """Shapes, shardings, optimizer and train step for ``cfg`` on ``mesh``, without allocating anything.
 
-    Args:
-        cfg: the experiment config.
-        run_dir: the run directory (config.yaml, metrics.jsonl, checkpoints/, summary.json).
-        backend: model functions and data.
-
-    Returns:
-        The process exit code (0, or EXIT_PREEMPTED after a SIGTERM save).
+    Shared by the training loop and `sawt plan` (which compiles the same step for a TPU topology).
     """
-    pi, pc = jax.process_index(), jax.process_count()
-    primary = pi == 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if primary:
-        atomic_write_text(run_dir / "config.yaml", configlib.dump(cfg))
-    preemption = Preemption()
-    preemption.install()
-
-    metrics = TrainMetrics(pi)
-    if cfg.metrics.port:
-        port = cfg.metrics.port + (pi if "SAWT_COORDINATOR" in os.environ else 0)
-        metrics.serve(port)
-    log = RunLog(run_dir, enabled=primary)
-
-    mesh = build_mesh(cfg.mesh)
-    if cfg.train.global_batch_size % pc:
-        raise configlib.ConfigError(
-            f"train.global_batch_size={cfg.train.global_batch_size} does not split over {pc} processes"
-        )
-    rows = cfg.train.global_batch_size // pc
-
-    # Abstract state first: shapes and shardings without allocating anything.
     param_dtype = jnp.dtype(cfg.train.precision.param_dtype)
 
     def init_params(seed: int) -> Any:
@@ -305,6 +288,68 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
     )
+    trainable = optim.trainable_mask(abstract_params, cfg.train.freeze)
+    step = make_train_step(
+        backend.apply, backend.loss, tx, schedule, cfg.train, trainable, wrap_remat=not backend.handles_remat
+    )
+    return Program(init_params, abstract_state, shardings, tx, step)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+
+
+def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
+    """Trains to ``cfg.train.steps``, resuming from the run's latest complete checkpoint.
+
+    Args:
+        cfg: the experiment config.
+        run_dir: the run directory (config.yaml, metrics.jsonl, checkpoints/, summary.json).
+        backend: model functions and data.
+
+    Returns:
+        The process exit code (0, or EXIT_PREEMPTED after a SIGTERM save).
+    """
+    pi = jax.process_index()
+    primary = pi == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if primary:
+        atomic_write_text(run_dir / "config.yaml", configlib.dump(cfg))
+    preemption = Preemption()
+    preemption.install()
+
+    metrics = TrainMetrics(pi)
+    if cfg.metrics.port:
+        port = cfg.metrics.port + (pi if "SAWT_COORDINATOR" in os.environ else 0)
+        metrics.serve(port)
+    log = RunLog(run_dir, enabled=primary)
+
+    mesh = build_mesh(cfg.mesh)
+    # The model constrains activations by logical axis names against the ambient mesh.
+    with jax.set_mesh(mesh):
+        return _train(cfg, run_dir, backend, mesh, metrics, log, preemption)
+
+
+def _train(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    backend: Backend,
+    mesh: Mesh,
+    metrics: TrainMetrics,
+    log: RunLog,
+    preemption: Preemption,
+) -> int:
+    pi, pc = jax.process_index(), jax.process_count()
+    primary = pi == 0
+    if cfg.train.global_batch_size % pc:
+        raise configlib.ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size} does not split over {pc} processes"
+        )
+    rows = cfg.train.global_batch_size // pc
+
+    program = build_program(cfg, backend, mesh)
+    abstract_state, shardings, tx = program.abstract_state, program.shardings, program.tx
+    init_params = program.init_params
 
     ckpt_dir = cfg.checkpoint.dir or str(run_dir / "checkpoints")
     checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint)
@@ -350,20 +395,7 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
                 {"event": "load_from", "path": cfg.load_from}, f"loaded parameters from {cfg.load_from}"
             )
 
-    trainable = optim.trainable_mask(abstract_params, cfg.train.freeze)
-    step_fn = jax.jit(
-        make_train_step(
-            backend.apply,
-            backend.loss,
-            tx,
-            schedule,
-            cfg.train,
-            trainable,
-            wrap_remat=not backend.handles_remat,
-        ),
-        donate_argnums=0,
-        out_shardings=(shardings, None),
-    )
+    step_fn = program.jitted_step()
 
     step = int(jax.device_get(state["step"]))
     peak_flops = _peak_flops(cfg) if backend.flops_per_step else None

@@ -1,0 +1,126 @@
+"""`sawt plan`: compile the training step ahead of time for a TPU topology and report memory and speed."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  sawt plan --config tiny --topology v4-8
+  sawt plan --config qwen3-omni-30b-a3b --topology v4-32 --mesh fsdp=16 train.freeze=[audio_encoder]
+  sawt plan --config qwen3-omni-30b-a3b --topology v4-32 --mesh fsdp=4,expert=4 --json plan.json
+
+Shapes only: no weights are read and no TPU is needed (libtpu compiles for compile-only devices). JSON keys
+include fits, per_chip_bytes, flops_per_step and predicted_step_seconds (see docs/training.md).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="compile the train step for a TPU topology: per-chip memory, FLOPs, step time",
+        description="Compile the real training step ahead of time for a Cloud TPU topology on this machine.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="preset name or YAML path")
+    p.add_argument("--topology", required=True, help="v4-8, v4-16, v4-32, v5p-32, v5litepod-16 or v6e-16")
+    p.add_argument(
+        "--mesh",
+        default=None,
+        help="mesh axes as data=1,fsdp=16,expert=1,tensor=1 (unset axes: 1; one may be -1 = the rest)",
+    )
+    p.add_argument(
+        "--mfu", type=float, default=0.4, help="MFU for the second predicted step time (default 0.4)"
+    )
+    p.add_argument("--seq", type=int, default=None, help="text tokens per row (default: largest data bucket)")
+    p.add_argument("--frames", type=int, default=None, help="mel frames per clip (default: largest bucket)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the plan as JSON here")
+    p.add_argument(
+        "--timeout", type=float, default=3600, help="give up on the compile after this many seconds"
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_run)
+
+
+def mesh_overrides(text: str | None) -> list[str]:
+    """``fsdp=4,expert=4`` -> overrides setting every mesh axis (unnamed axes: 1)."""
+    from sawt.cli import UsageError
+
+    if not text:
+        return []
+    axes = {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in axes:
+            raise UsageError(f"--mesh: {part!r} is not AXIS=N with AXIS one of {', '.join(axes)}")
+        try:
+            axes[key.strip()] = int(value)
+        except ValueError:
+            raise UsageError(f"--mesh: {part!r}: {value!r} is not an integer") from None
+    return [f"mesh.{k}={v}" for k, v in axes.items()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from sawt.cli import UsageError
+    from tools.aot_plan import AOT_ENV, TOPOLOGIES, format_plan
+    from trainer.config import load_experiment
+
+    if args.topology not in TOPOLOGIES:
+        raise UsageError(f"unknown topology {args.topology!r}; known: {', '.join(TOPOLOGIES)}")
+    overrides = [*args.overrides, *mesh_overrides(args.mesh)]
+    load_experiment(args.config, overrides)  # fail fast on a bad config
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plan.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "tools.aot_plan",
+            "--config",
+            args.config,
+            "--topology",
+            args.topology,
+            "--mfu",
+            str(args.mfu),
+            "--out",
+            str(out),
+        ]
+        if args.seq:
+            cmd += ["--seq", str(args.seq)]
+        if args.frames:
+            cmd += ["--frames", str(args.frames)]
+        print(f"compiling the train step for {args.topology} (shapes only; may take minutes)...", flush=True)
+        try:
+            proc = subprocess.run(
+                [*cmd, "--", *overrides],
+                env={**os.environ, **AOT_ENV},
+                timeout=args.timeout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        except subprocess.TimeoutExpired:
+            print(f"sawt plan: compile did not finish in {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        if proc.returncode != 0 or not out.exists():
+            tail = "\n".join(
+                line for line in proc.stdout.splitlines() if not line.startswith(("E0", "W0", "I0"))
+            )
+            print(tail[-4000:], file=sys.stderr)
+            print(f"sawt plan: the AOT compile failed (exit {proc.returncode})", file=sys.stderr)
+            return 1
+        result = json.loads(out.read_text())
+    print(format_plan(result))
+    if args.json:
+        from sawt.fileio import atomic_write_json
+
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,252 @@
+"""Ahead-of-time plan: compile the real training step for a Cloud TPU topology on this CPU machine.
+
+`plan(...)` builds the same program as `sawt train` (trainer.train.build_program: shapes, shardings, optimizer
+and step of the real Thinker), lowers it against compile-only TPU devices from libtpu
+(`jax.experimental.topologies.get_topology_desc`) and compiles it, all from shapes (no weights). It reports
+per-chip memory (arguments, outputs, temporaries, generated code) from `memory_analysis()`, whether it fits
+the HBM the compiler budgets, the analytic FLOPs per step (trainer/flops.py; XLA's `cost_analysis` counts
+a scanned layer once, see /work/shared/docs/aot-tpu.md) and the predicted step time at peak and at a
+stated MFU.
+
+Run through `sawt plan`, which starts this module in a subprocess with the environment libtpu needs on a
+CPU host: ``JAX_PLATFORMS=cpu TPU_WORKER_HOSTNAMES=localhost TPU_WORKER_ID=0 TPU_SKIP_MDS_QUERY=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+AOT_ENV = {
+    "JAX_PLATFORMS": "cpu",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+    "TPU_WORKER_ID": "0",
+    "TPU_SKIP_MDS_QUERY": "1",
+}
+
+
+@dataclass(frozen=True)
+class AotTopology:
+    """A slice that libtpu can describe for compilation, and the chip facts a plan needs."""
+
+    name: str
+    topology: str  # get_topology_desc topology_name
+    chip_config: str
+    device_kind: str
+    chips: int
+    hbm_bytes: float
+    hbm_budget_bytes: float  # what XLA lets a program use (aot-tpu.md pitfall 7)
+    peak_flops: float  # dense bf16 FLOP/s per chip
+
+
+_GIB = 2**30
+# v4: 32 GiB HBM, the compiler budgets 30.75 GiB (measured here); 275 TFLOP/s bf16 per chip.
+TOPOLOGIES: dict[str, AotTopology] = {
+    t.name: t
+    for t in (
+        AotTopology("v4-8", "v4:2x2x1", "megacore", "TPU v4", 4, 32 * _GIB, 30.75 * _GIB, 275e12),
+        AotTopology("v4-16", "v4:2x2x2", "megacore", "TPU v4", 8, 32 * _GIB, 30.75 * _GIB, 275e12),
+        AotTopology("v4-32", "v4:2x2x4", "megacore", "TPU v4", 16, 32 * _GIB, 30.75 * _GIB, 275e12),
+        AotTopology("v5p-32", "v5:2x2x4", "megacore", "TPU v5", 16, 95 * _GIB, 95 * _GIB, 459e12),
+        AotTopology("v5litepod-16", "v5e:4x4", "default", "TPU v5 lite", 16, 16 * _GIB, 16 * _GIB, 197e12),
+        AotTopology("v6e-16", "v6e:4x4", "default", "TPU v6 lite", 16, 32 * _GIB, 32 * _GIB, 918e12),
+    )
+}
+
+
+def topology_devices(topo: AotTopology) -> list[Any]:
+    from jax.experimental.topologies import get_topology_desc
+
+    desc = get_topology_desc(
+        platform="tpu",
+        topology_name=topo.topology,
+        chip_config_name=topo.chip_config,
+        chips_per_host_bounds=(2, 2, 1),
+        num_slices=1,
+        wrap=(False, False, False),
+    )
+    return list(desc.devices)
+
+
+def _abstract_batch(mesh: Any, batch: int, seq: int, frames: int, mel: int) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from trainer.train import BATCH_AXES
+
+    shapes = {
+        "input_ids": ((batch, seq), jnp.int32),
+        "targets": ((batch, seq), jnp.int32),
+        "loss_mask": ((batch, seq), jnp.float32),
+        "token_mask": ((batch, seq), jnp.bool_),
+        "positions": ((batch, seq), jnp.int32),
+        "audio_mel": ((batch, mel, frames), jnp.float32),
+        "audio_frames": ((batch,), jnp.int32),
+        "audio_tokens": ((batch,), jnp.int32),
+        "audio_offset": ((batch,), jnp.int32),
+    }
+    return {
+        k: jax.ShapeDtypeStruct(
+            shape, dtype, sharding=NamedSharding(mesh, P(BATCH_AXES, *([None] * (len(shape) - 1))))
+        )
+        for k, (shape, dtype) in shapes.items()
+    }
+
+
+def plan(
+    config: str,
+    overrides: list[str],
+    topology: str,
+    mfu: float = 0.4,
+    seq: int | None = None,
+    frames: int | None = None,
+) -> dict[str, Any]:
+    """Compiles the training step of ``config`` for ``topology`` and returns the plan as a JSON-able dict.
+
+    Args:
+        config: preset name or YAML path.
+        overrides: ``key=value`` config overrides (mesh.*, train.freeze, train.precision.*, ...).
+        topology: a key of TOPOLOGIES (e.g. ``v4-32``).
+        mfu: the model FLOPs utilisation the second predicted step time assumes.
+        seq: text tokens per row (default: the largest data bucket's).
+        frames: mel frames per clip (default: the largest data bucket's).
+    """
+    import jax
+
+    from trainer.backend import backend as real_backend
+    from trainer.config import load_experiment
+    from trainer.flops import param_counts, train_flops_per_step
+    from trainer.train import build_mesh, build_program, mesh_shape
+
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {topology!r}; known: {', '.join(TOPOLOGIES)}")
+    topo = TOPOLOGIES[topology]
+    cfg = load_experiment(config, overrides)
+    devices = topology_devices(topo)
+    mesh = build_mesh(cfg.mesh, devices)
+    backend = real_backend(cfg)
+    mcfg = backend_model_config(cfg)
+    frames = frames or cfg.data.buckets[-1][0]
+    seq = seq or cfg.data.buckets[-1][1]
+    batch = cfg.train.global_batch_size
+    result: dict[str, Any] = {
+        "config": config,
+        "overrides": overrides,
+        "topology": topology,
+        "chips": topo.chips,
+        "mesh": dict(
+            zip(("data", "fsdp", "expert", "tensor"), mesh_shape(cfg.mesh, len(devices)), strict=True)
+        ),
+        "global_batch": batch,
+        "seq_len": seq,
+        "audio_frames": frames,
+        "freeze": list(cfg.train.freeze),
+        "param_dtype": cfg.train.precision.param_dtype,
+        "compute_dtype": cfg.train.precision.compute_dtype,
+        "remat": cfg.train.remat,
+        "params": param_counts(mcfg),
+        "hbm_budget_bytes": topo.hbm_budget_bytes,
+    }
+    flops = train_flops_per_step(mcfg, batch, seq, frames, cfg.train.freeze)
+    result["flops_per_step"] = flops
+    result["predicted_step_seconds"] = flops / (topo.chips * topo.peak_flops * mfu)
+    result["predicted_step_seconds_at_peak"] = flops / (topo.chips * topo.peak_flops)
+    result["assumed_mfu"] = mfu
+
+    t0 = time.monotonic()
+    with jax.set_mesh(mesh):
+        program = build_program(cfg, backend, mesh)
+        abstract_batch = _abstract_batch(mesh, batch, seq, frames, mcfg.audio.num_mel_bins)
+        lowered = jax.jit(
+            program.step,
+            in_shardings=(program.shardings, {k: v.sharding for k, v in abstract_batch.items()}),
+            out_shardings=(program.shardings, None),
+            donate_argnums=0,
+        ).lower(program.abstract_state, abstract_batch)
+        try:
+            compiled = lowered.compile()
+        except Exception as err:  # XLA raises JaxRuntimeError; an HBM OOM is a result, not a failure
+            text = str(err)
+            if "RESOURCE_EXHAUSTED" not in text and "hbm" not in text.lower():
+                raise
+            result.update(fits=False, per_chip_bytes=None, compile_error=text.splitlines()[0][:500])
+            result["compile_seconds"] = time.monotonic() - t0
+            return result
+    result["compile_seconds"] = time.monotonic() - t0
+    ma = compiled.memory_analysis()
+    mem = {
+        "argument_bytes": ma.argument_size_in_bytes,
+        "output_bytes": ma.output_size_in_bytes,
+        "alias_bytes": ma.alias_size_in_bytes,
+        "temp_bytes": ma.temp_size_in_bytes,
+        "generated_code_bytes": ma.generated_code_size_in_bytes,
+    }
+    # Donated state: outputs alias arguments, so count them once.
+    per_chip = mem["argument_bytes"] + mem["output_bytes"] - mem["alias_bytes"] + mem["temp_bytes"]
+    per_chip += mem["generated_code_bytes"]
+    result["memory"] = mem
+    result["per_chip_bytes"] = per_chip
+    result["fits"] = per_chip <= topo.hbm_budget_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    result["xla_cost_analysis_flops_per_chip"] = float((cost or {}).get("flops", 0.0))
+    return result
+
+
+def backend_model_config(cfg: Any) -> Any:
+    from trainer.backend import model_config_for
+
+    return model_config_for(cfg)
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """A human summary of one plan."""
+    gib = 2**30
+    lines = [
+        f"plan: {p['config']} on {p['topology']} ({p['chips']} chips), mesh {p['mesh']}, "
+        f"batch {p['global_batch']} x {p['seq_len']} tokens, {p['audio_frames']} mel frames",
+        f"  params {p['params']['total'] / 1e9:.2f} B total, {p['params']['active'] / 1e9:.2f} B active; "
+        f"freeze {p['freeze'] or 'none'}; dtypes {p['param_dtype']}/{p['compute_dtype']}; remat {p['remat']}",
+    ]
+    if p.get("memory"):
+        m = p["memory"]
+        lines.append(
+            f"  per chip: arguments {m['argument_bytes'] / gib:.2f} GiB, outputs {m['output_bytes'] / gib:.2f} "
+            f"(aliased {m['alias_bytes'] / gib:.2f}), temporaries {m['temp_bytes'] / gib:.2f}, code "
+            f"{m['generated_code_bytes'] / gib:.2f} -> total {p['per_chip_bytes'] / gib:.2f} GiB of "
+            f"{p['hbm_budget_bytes'] / gib:.2f} GiB budget"
+        )
+    else:
+        lines.append(f"  compile failed: {p.get('compile_error')}")
+    lines.append(
+        f"  fits: {'yes' if p['fits'] else 'NO'}; FLOPs/step {p['flops_per_step']:.3e} (analytic); step time "
+        f"{p['predicted_step_seconds_at_peak']:.3f} s at peak, {p['predicted_step_seconds']:.3f} s at "
+        f"{p['assumed_mfu']:.0%} MFU; compile {p['compile_seconds']:.0f} s"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.aot_plan")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--topology", required=True)
+    parser.add_argument("--mfu", type=float, default=0.4)
+    parser.add_argument("--seq", type=int, default=None)
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--out", required=True, help="JSON result file")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    result = plan(args.config, args.overrides, args.topology, args.mfu, args.seq, args.frames)
+    from sawt.fileio import atomic_write_json
+
+    atomic_write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
