@@ -64,8 +64,10 @@ def test_converted_logits_match_hf_pytorch(tmp_path, prefix):
     }
     np.savez(tmp_path / "batch.npz", **batch)
     proc = subprocess.run(
-        [str(REF_PYTHON), str(REPO / "bench" / "hf_ref.py"), "logits", "--hf", str(hf)]
-        + ["--batch", str(tmp_path / "batch.npz"), "--out", str(tmp_path / "hf_logits.npz")],
+        [
+            *(str(REF_PYTHON), str(REPO / "bench" / "hf_ref.py"), "logits", "--hf", str(hf)),
+            *("--batch", str(tmp_path / "batch.npz"), "--out", str(tmp_path / "hf_logits.npz")),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
