@@ -12,6 +12,7 @@ Regenerate the goldens after a deliberate change: ``.venv/bin/python -m tools.k8
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 from collections.abc import Iterable
 from functools import cache
@@ -34,6 +35,7 @@ REPLICATED_JOB = "slice"
 CONFIG_MOUNT = "/etc/sawt"
 MANAGED_BY = "sawt-deploy"
 GCSFUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
+FILE_CACHE_SIZE_OPTION = "file-cache:max-size-mb:"
 # Signals (128+N: SIGTERM 143, SIGKILL 137 on preemption or eviction) restart the JobSet like the trainer's
 # own "saved after SIGTERM" exit code; every other non-zero exit is an application error and fails it.
 SIGNAL_EXIT_CODES = tuple(range(128, 256))
@@ -172,8 +174,23 @@ class _Mounts:
         return out
 
     def all_volumes(self) -> list[dict[str, Any]]:
-        volumes = list(self.volumes)
-        if self.cached and self.values.storage.file_cache_size:
+        volumes = copy.deepcopy(self.volumes)
+        cache_mib = self.values.storage.file_cache_mib()
+        if self.cached and cache_mib:
+            # gcsfuse's "-1" means "as much as the cache directory holds", but a memory-backed emptyDir reports
+            # the node's tmpfs size, not its sizeLimit: going past sizeLimit evicts the pod. So each read-only
+            # mount gets its share of the volume, with 10% headroom.
+            cached = [v for v in volumes if v.get("csi", {}).get("readOnly")]
+            share = max(1, int(cache_mib * 0.9) // len(cached))
+            for volume in cached:
+                attributes = volume["csi"]["volumeAttributes"]
+                options = [
+                    f"{FILE_CACHE_SIZE_OPTION}{share}"
+                    if option.startswith(FILE_CACHE_SIZE_OPTION)
+                    else option
+                    for option in attributes["mountOptions"].split(",")
+                ]
+                attributes["mountOptions"] = ",".join(options)
             # The FUSE sidecar keeps its file cache here; TPU VMs have no local SSD, so RAM it is.
             volumes.append(
                 {
@@ -273,6 +290,10 @@ def _jobset_context(values: Values, component: str, jobset: str, mounts: _Mounts
         "slice": tpu_slice,
         "pod": _tpu_pod(values, component, tpu_slice, mounts, env_list, resources),
         "restartable_exit_codes": [values.train.restart_exit_code, *SIGNAL_EXIT_CODES],
+        # Only the trainer serves /metrics (process 0 of each host's program: see trainer/metrics.py).
+        "ports": [{"name": "metrics", "containerPort": values.metrics.port, "protocol": "TCP"}]
+        if component == "train"
+        else [],
     }
 
 

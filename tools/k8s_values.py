@@ -197,9 +197,24 @@ class Storage(Frozen):
     )
     file_cache_size: str = Field(
         "64Gi",
-        description="Size of the memory-backed gke-gcsfuse-cache volume (TPU VMs have no local SSD); "
-        "empty to let the sidecar use its default ephemeral storage.",
+        description="Size (Mi/Gi/Ti) of the memory-backed gke-gcsfuse-cache volume (TPU VMs have no local "
+        "SSD), shared by the read-only mounts, whose file-cache:max-size-mb is set to fit in it; empty to "
+        "let the sidecar use its default ephemeral storage and the mount options as given.",
     )
+
+    @field_validator("file_cache_size")
+    @classmethod
+    def _binary_size(cls, value: str) -> str:
+        if value and not re.match(r"^[1-9][0-9]*(Mi|Gi|Ti)$", value):
+            raise ValueError(f"{value!r}: give a size in Mi, Gi or Ti (e.g. 64Gi), or empty")
+        return value
+
+    def file_cache_mib(self) -> int:
+        """The cache volume's size in MiB (0 when there is none)."""
+        if not self.file_cache_size:
+            return 0
+        number, unit = int(self.file_cache_size[:-2]), self.file_cache_size[-2:]
+        return number * {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}[unit]
 
     @field_validator("sidecar_limits")
     @classmethod

@@ -118,7 +118,10 @@ def test_train_jobset_has_the_v4_32_shape():
     assert pod["metadata"]["annotations"]["gke-gcsfuse/memory-limit"] == "0"
     data = next(v for v in spec["volumes"] if v["name"] == "data")
     assert data["csi"]["driver"] == "gcsfuse.csi.storage.gke.io" and data["csi"]["readOnly"] is True
-    assert "file-cache:max-size-mb:-1" in data["csi"]["volumeAttributes"]["mountOptions"]
+    # The 64Gi memory-backed cache volume, 90% of it shared by the two read-only mounts (data, models).
+    assert "file-cache:max-size-mb:29491" in data["csi"]["volumeAttributes"]["mountOptions"].split(",")
+    cache = next(v for v in spec["volumes"] if v["name"] == "gke-gcsfuse-cache")
+    assert cache["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
     assert not any(v["name"] == "checkpoints" for v in spec["volumes"])  # gs:// checkpoints by default
     (config_map,) = _by_kind(objects, "ConfigMap")
     assert yaml.safe_load(config_map["data"]["config.yaml"]) == {"base": "qwen3-omni-30b-a3b"}
