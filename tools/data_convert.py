@@ -451,11 +451,11 @@ def main(args: argparse.Namespace) -> int:
             results.append(result)
             bar.update(1)
             bar.set_postfix(records=sum(r["records"] for r in results), refresh=False)
-    except ConvertFailure as e:
+    except (ConvertFailure, OSError) as e:  # a bad record under --on-error fail, or an unreadable source
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         print(
-            f"sawt data convert: stopped (--on-error fail); {len(results)} of {len(jobs)} shards finished "
+            f"sawt data convert: stopped; {len(results)} of {len(jobs)} shards finished "
             "and are kept, a re-run resumes from them",
             file=sys.stderr,
         )

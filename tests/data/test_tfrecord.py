@@ -182,6 +182,25 @@ def test_truncation_names_file_and_offset(three, cut):
         count_tfrecord(path)
 
 
+def test_corrupt_gzip_stream_is_reported_not_raised(tmp_path):
+    path = tmp_path / "x.tfrecord.gz"
+    with TFRecordWriter(path, gzip_level=6) as w:
+        for i in range(50):
+            w.write(bytes([i]) * 1000)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    entries = list(scan_tfrecord(path))
+    assert entries[-1].error is not None and entries[-1].error.reason in (
+        "truncated",
+        "bad_data_crc",
+        "bad_length_crc",
+    )
+    with pytest.raises(TFRecordError) as info:
+        list(iter_tfrecord(path))
+    assert str(path) in str(info.value)
+
+
 def test_huge_length_with_valid_crc_is_truncation_not_allocation(tmp_path):
     header = struct.pack("<Q", 1 << 60)
     path = tmp_path / "huge.tfrecord"

@@ -19,6 +19,7 @@ import gzip
 import os
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,11 @@ def scan_tfrecord(path: str | Path, *, verify: bool = True) -> Iterator[ScanEntr
     with stream:
         offset = 0
         while True:
-            header = stream.read(_HEADER.size)
+            try:
+                header = stream.read(_HEADER.size)
+            except _STREAM_ERRORS as e:
+                yield ScanEntry(offset, error=_corrupt_stream(path, offset, e))
+                return
             if not header:
                 return
             if len(header) < _HEADER.size:
@@ -168,7 +173,11 @@ def scan_tfrecord(path: str | Path, *, verify: bool = True) -> Iterator[ScanEntr
                     ),
                 )
                 return
-            body = stream.read(need)
+            try:
+                body = stream.read(need)
+            except _STREAM_ERRORS as e:
+                yield ScanEntry(offset, error=_corrupt_stream(path, offset, e))
+                return
             if len(body) < need:
                 yield ScanEntry(
                     offset,
@@ -195,6 +204,14 @@ def scan_tfrecord(path: str | Path, *, verify: bool = True) -> Iterator[ScanEntr
                 )
                 continue
             yield ScanEntry(record_offset, payload=payload)
+
+
+# What a damaged GZIP stream raises while reading (a plain file raises none of these but OSError).
+_STREAM_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _corrupt_stream(path: Path, offset: int, err: Exception) -> TFRecordError:
+    return TFRecordError(path, offset, "truncated", f"cannot read on: {type(err).__name__}: {err}")
 
 
 def _rest(size: int | None, offset: int) -> str:
