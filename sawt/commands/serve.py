@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore step at INFO
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
