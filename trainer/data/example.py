@@ -326,20 +326,6 @@ class _Feature:
         return _bytes_values(buf, self.chunks)  # kind 1, or unset: an empty bytes list
 
 
-def _single_packed(buf: bytes, lo: int, hi: int) -> tuple[int, int] | None:
-    """(start, stop) of the payload when the list body is exactly one length-delimited field 1, else None.
-
-    That is a packed Float/Int64List, or a BytesList holding one value.
-    """
-    if hi - lo < 2 or buf[lo] != 0x0A:
-        return None
-    n = buf[lo + 1]
-    start = lo + 2
-    if n >= 0x80:
-        n, start = _read_varint(buf, lo + 1, hi)
-    return (start, hi) if start + n == hi else None
-
-
 def _unpacked_floats(buf: bytes, start: int, stop: int) -> np.ndarray | None:
     """Fast path for a FloatList written unpacked: tag 0x0D + 4 bytes, repeated; None if not that shape."""
     if stop <= start or (stop - start) % 5 or buf[start] != 0x0D:
@@ -351,11 +337,6 @@ def _unpacked_floats(buf: bytes, start: int, stop: int) -> np.ndarray | None:
 
 
 def _float_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
-    if len(chunks) == 1:
-        packed = _single_packed(buf, *chunks[0])
-        if packed is not None and not (packed[1] - packed[0]) % 4:
-            # The common case (what TensorFlow writes): a view over ``buf``, no copy.
-            return np.frombuffer(buf, dtype=_F32, count=(packed[1] - packed[0]) // 4, offset=packed[0])
     parts: list[np.ndarray] = []
     for start, stop in chunks:
         unpacked = _unpacked_floats(buf, start, stop)
@@ -373,25 +354,13 @@ def _float_values(buf: bytes, chunks: list[tuple[int, int]]) -> np.ndarray:
             elif wire == _I32:
                 parts.append(np.frombuffer(buf, dtype=_F32, count=1, offset=value))
     if len(parts) == 1:
-        return parts[0]
+        return parts[0]  # a single packed run stays a zero-copy view
     if not parts:
         return np.zeros(0, _F32)
     return np.concatenate(parts).astype(_F32, copy=False)
 
 
 def _int_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[int]:
-    if len(chunks) == 1:
-        packed = _single_packed(buf, *chunks[0])
-        if packed is not None:
-            pos, hi = packed
-            raw = buf[pos:hi]
-            if not raw or max(raw) < 0x80:  # every varint is one byte: values 0..127
-                return list(raw)
-            out = []
-            while pos < hi:
-                v, pos = _read_varint(buf, pos, hi)
-                out.append(v - (1 << 64) if v >= 1 << 63 else v)
-            return out
     values: list[int] = []
     for start, stop in chunks:
         for number, wire, value in _fields(buf, start, stop):
@@ -408,10 +377,6 @@ def _int_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[int]:
 
 
 def _bytes_values(buf: bytes, chunks: list[tuple[int, int]]) -> list[bytes]:
-    if len(chunks) == 1:
-        one = _single_packed(buf, *chunks[0])  # one value field spanning the list: a single string
-        if one is not None:
-            return [buf[one[0] : one[1]]]
     out: list[bytes] = []
     for start, stop in chunks:
         for number, wire, value in _fields(buf, start, stop):
