@@ -236,6 +236,7 @@ def convert_shard(job: ShardJob) -> dict[str, Any]:
     _sidecar_path(job).unlink(missing_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     quarantine_rel = f"{QUARANTINE_DIR}/{job.out_rel.removesuffix('.array_record')}.tfrecord"
+    (Path(job.dst) / quarantine_rel).unlink(missing_ok=True)  # an earlier run's, now stale
     quarantine = None
     durations, sources, record_bytes, bad = [], [], [], []
     first = last = None
