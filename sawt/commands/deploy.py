@@ -201,7 +201,9 @@ def _logs(args: argparse.Namespace) -> int:
     tail = None if args.tail < 0 else args.tail
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         name = pod["metadata"]["name"]
-        container = pod["spec"]["containers"][0]["name"]
+        # Before GKE 1.29 the GCS FUSE sidecar is injected as the first container: skip it.
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        container = next((n for n in names if n != "gke-gcsfuse-sidecar"), names[0])
         text = _guarded(
             lambda n=name, c=container, ns=pod["metadata"]["namespace"]: cluster.pod_log(ns, n, c, tail)
         )

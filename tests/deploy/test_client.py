@@ -130,7 +130,10 @@ def _seed_failed_run(stub) -> None:
                     "namespace": "sawt",
                     "labels": {"jobset.sigs.k8s.io/jobset-name": "sawt-qwen3-asr"},
                 },
-                "spec": {"nodeName": f"gke-tpu-{index}", "containers": [{"name": "trainer"}]},
+                "spec": {
+                    "nodeName": f"gke-tpu-{index}",
+                    "containers": [{"name": "gke-gcsfuse-sidecar"}, {"name": "trainer"}],
+                },
                 "status": {
                     "phase": "Failed" if exit_code else "Succeeded",
                     "containerStatuses": [
