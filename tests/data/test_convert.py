@@ -380,3 +380,18 @@ def test_empty_shard(tmp_path):
     assert _read_array_record(tmp_path / "dst" / "train" / "e.array_record") == []
     m = json.loads((tmp_path / "dst" / "manifest.json").read_text())
     assert m["splits"]["train"]["records"] == 0 and m["splits"]["train"]["duration_s"]["min"] is None
+
+
+def test_single_file_source_and_dst_inside_src(tmp_path):
+    src = tmp_path / "src"
+    payloads = [_clip(800, "a", "1"), b"not an example"]
+    _write_shard(src / "one.tfrecord", payloads)
+    assert _convert(src / "one.tfrecord", tmp_path / "single") == 0
+    assert _read_array_record(tmp_path / "single" / "one.array_record") == payloads[:1]
+    # DST inside SRC: its quarantine TFRecords must never be taken for sources on a re-run.
+    dst = src / "converted"
+    assert _convert(src, dst) == 0
+    assert (dst / "quarantine" / "one.tfrecord").exists()
+    assert _convert(src, dst) == 0
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert [s["source"] for split in manifest["splits"].values() for s in split["shards"]] == ["one.tfrecord"]
