@@ -345,6 +345,14 @@ def semantic_problems(objects: Iterable[dict[str, Any]]) -> list[str]:
                 size = obj["spec"]["leaderWorkerTemplate"].get("size", 1)
                 if size != tpu_slice.hosts:
                     problems.append(f"{_name(obj)}: size {size} != {tpu_slice.hosts} hosts of the slice")
+        if obj.get("kind") == "LeaderWorkerSet":
+            # LWS names pods <name>-<group>-<worker> (no random suffix); each must be a DNS label.
+            spec = obj.get("spec", {})
+            longest = f"{name}-{spec.get('replicas', 1) - 1}-{spec.get('leaderWorkerTemplate', {}).get('size', 1) - 1}"
+            if len(longest) > MAX_NAME:
+                problems.append(
+                    f"{_name(obj)}: pod names like {longest} are longer than {MAX_NAME} characters"
+                )
         if obj.get("kind") == "JobSet":
             problems += _jobset_problems(obj)
         if obj.get("kind") == "Job":

@@ -280,6 +280,12 @@ def test_long_names_are_refused():
     assert any("pod names like" in p and "> 63" in p for p in problems)
 
 
+def test_long_lws_names_are_refused():
+    values = load_values(None, ["serve.tpu.topology=2x2x4", "serve.name=" + "s" * 56])
+    problems = k8s_lint.semantic_problems(k8s_render.render_objects(values, "serve"))
+    assert any("LeaderWorkerSet" in p and "longer than 63" in p for p in problems), problems
+
+
 def test_env_that_looks_like_a_secret_is_refused():
     with pytest.raises(ConfigError, match="HF_TOKEN: looks like a secret"):
         load_values(None, ["train.env.HF_TOKEN=abc"])
