@@ -81,6 +81,11 @@ def done_ids(out: Path) -> set[str]:
     return ids
 
 
+def iter_split(data: str | Path, split: str | None = None) -> Iterator[tuple[RecordRef, bytes]]:
+    """Every record of a split as (where, serialized bytes), in shard-name order."""
+    yield from _read_records(shard_records(find_shards(data, split), 0, 1))
+
+
 def _read_records(refs: list[RecordRef]) -> Iterator[tuple[RecordRef, bytes]]:
     from array_record.python.array_record_module import ArrayRecordReader
 

@@ -1,60 +1,7 @@
-"""Helpers for server tests: a real uvicorn server on a free local port, in a background thread."""
+"""Fixtures of the server tests (helpers live in serve_helpers.py)."""
 
-from __future__ import annotations
-
-import contextlib
-import io
-import socket
-import threading
-import time
-from collections.abc import Iterator
-
-import httpx
-import numpy as np
 import pytest
-import soundfile as sf
-import uvicorn
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_in_thread(app, *, wait_ready: bool = True, timeout: float = 120.0) -> Iterator[str]:
-    """Runs ``app`` under uvicorn on 127.0.0.1; yields the base URL; stops the server on exit."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    path = "/ready" if wait_ready else "/health"
-    while True:
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"server did not become {path[1:]}")
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def wav_bytes(seconds: float, *, freq: float = 440.0, rate: int = 16_000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    wave = 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32)
-    buf = io.BytesIO()
-    sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+from serve_helpers import wav_bytes
 
 
 @pytest.fixture

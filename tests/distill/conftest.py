@@ -1,0 +1,32 @@
+"""Fixtures: the teacher stand-in served over real HTTP, and a small speech split."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS / "serve"))
+sys.path.insert(0, str(TESTS / "batch_infer"))
+
+from serve_helpers import serve_in_thread  # noqa: E402
+from speech_split import write_split  # noqa: E402
+from teacher_stub import TeacherStub  # noqa: E402
+
+TEXTS = ["مرحبا بكم", "السلام عليكم", "شكرا جزيلا", "صباح الخير", "كيف حالك", "إلى اللقاء", "نعم", "لا"]
+
+
+@pytest.fixture
+def teacher():
+    stub = TeacherStub()
+    with serve_in_thread(stub.app, wait_ready=False, ready_path="/docs") as url:
+        stub.url = url + "/v1"
+        yield stub
+
+
+@pytest.fixture
+def split_dir(tmp_path):
+    clips = [(f"s{k}", "mgb2" if k % 2 else "cv", TEXTS[k], 0.5 + 0.1 * k) for k in range(len(TEXTS))]
+    return write_split(tmp_path / "data" / "test", clips)
