@@ -272,29 +272,39 @@ def _tpu_pod(values: Values, component: str, tpu_slice: TpuSlice, mounts: _Mount
 
 def _jobset_context(values: Values, component: str, jobset: str, mounts: _Mounts, env_extra: dict) -> dict:
     tpu_slice = values.tpu.slice
+    # Training is one SPMD program over every slice; batch inference shards records over the hosts of one
+    # slice (its processes are independent, so more slices would only need a global process index).
+    slices = values.tpu.slices if component == "train" else 1
     env = dict(env_extra)
-    if values.tpu.slices > 1:
+    if slices > 1:
         env.update(_multislice_env(values, jobset))
+    if component == "batch-infer":
+        env["SAWT_NUM_PROCESSES"] = str(tpu_slice.hosts)
     env_list = _env_list(env)
-    if values.tpu.slices > 1:
+    if slices > 1:
+        env_list.append(_field_env("MEGASCALE_SLICE_ID", "metadata.labels['jobset.sigs.k8s.io/job-index']"))
+    if component == "batch-infer":
+        # Process i of n takes records i, i+n, ...: i is the pod's completion index within the Job.
         env_list.append(
-            {
-                "name": "MEGASCALE_SLICE_ID",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['jobset.sigs.k8s.io/job-index']"}},
-            }
+            _field_env("SAWT_PROCESS_ID", "metadata.annotations['batch.kubernetes.io/job-completion-index']")
         )
     resources = values.train.resources if component == "train" else values.batch_infer.resources
     return {
         "jobset": jobset,
         "replicated_job": REPLICATED_JOB,
         "slice": tpu_slice,
+        "slices": slices,
         "pod": _tpu_pod(values, component, tpu_slice, mounts, env_list, resources),
         "restartable_exit_codes": [values.train.restart_exit_code, *SIGNAL_EXIT_CODES],
-        # Only the trainer serves /metrics (process 0 of each host's program: see trainer/metrics.py).
+        # Only the trainer serves /metrics.
         "ports": [{"name": "metrics", "containerPort": values.metrics.port, "protocol": "TCP"}]
         if component == "train"
         else [],
     }
+
+
+def _field_env(name: str, field_path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
 def _train_context(values: Values) -> dict[str, Any]:

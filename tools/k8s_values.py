@@ -69,7 +69,10 @@ class TpuValues(Frozen):
     type: Literal["v4", "v5e", "v5p", "v6e"] = Field("v4", description="TPU generation.")
     topology: str = Field("2x2x4", description="Slice topology, AxB or AxBxC; must be in tools/tpu_types.py.")
     slices: int = Field(
-        1, ge=1, description="Number of slices (JobSet replicas); >1 runs multislice over DCN."
+        1,
+        ge=1,
+        description="Slices of the train JobSet (its replicas; >1 runs multislice over DCN). batch-infer "
+        "always uses one slice and shards records over its hosts.",
     )
 
     @model_validator(mode="after")

@@ -395,3 +395,16 @@ def test_a_template_that_repeats_a_key_is_a_render_error(monkeypatch):
     )
     with pytest.raises(k8s_render.RenderError, match="duplicate key 'kind'"):
         k8s_render.render_objects(load_values(), "train")
+
+
+def test_batch_infer_shards_records_over_the_hosts_of_one_slice():
+    values = load_values(VALUES_DIR / "multislice.yaml")  # tpu.slices=2 is for training only
+    (jobset,) = _by_kind(k8s_render.render_objects(values, "batch-infer"), "JobSet")
+    rjob = jobset["spec"]["replicatedJobs"][0]
+    assert rjob["replicas"] == 1
+    env = {e["name"]: e for e in rjob["template"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SAWT_NUM_PROCESSES"]["value"] == "4"
+    assert "job-completion-index" in env["SAWT_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert not any(name.startswith("MEGASCALE") for name in env)
+    args = rjob["template"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["sawt", "batch-infer"] and args[args.index("--out") + 1] == "/outputs/qwen3-asr-test"
