@@ -33,6 +33,7 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP  # 100
 # Dynamic range kept below the loudest bin of a clip, in log10 units (80 dB), and the output affine map.
 _DYNAMIC_RANGE = 8.0
 _LOG_FLOOR = 1e-10
+_BLOCK_FRAMES = 256
 
 
 def _hz_to_mel_slaney(freq_hz: np.ndarray) -> np.ndarray:
@@ -113,11 +114,16 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     padded = np.pad(x, half, mode="reflect") if x.size > half else _reflect_pad_short(x, half)
     # Frame t covers padded[t*HOP : t*HOP + N_FFT]; the last centred frame is dropped (HF does the same).
     windows_tk = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[: frames * HOP : HOP]
-    # scipy's FFT keeps float32 (numpy's upcasts to complex128, ~10x slower here); one worker keeps the
-    # loader's threads from oversubscribing the cores.
-    spectrum_tf = scipy.fft.rfft(windows_tk * _hann_periodic(), axis=-1, workers=1)
-    power_tf = spectrum_tf.real**2 + spectrum_tf.imag**2
-    mel_mt = np.ascontiguousarray(_mel_filters_sparse() @ power_tf.T, dtype=np.float32)
+    mel_mt = np.empty((NUM_MEL_BINS, frames), np.float32)
+    filters, window = _mel_filters_sparse(), _hann_periodic()
+    # In blocks of frames, so the windowed frames and their spectrum (~1.6 MB each) stay in cache.
+    for start in range(0, frames, _BLOCK_FRAMES):
+        block = windows_tk[start : start + _BLOCK_FRAMES]
+        # scipy's FFT keeps float32 (numpy's upcasts to complex128, ~10x slower here); one worker keeps the
+        # loader's threads from oversubscribing the cores.
+        spectrum_tf = scipy.fft.rfft(block * window, axis=-1, workers=1)
+        power_tf = spectrum_tf.real**2 + spectrum_tf.imag**2
+        mel_mt[:, start : start + block.shape[0]] = filters @ power_tf.T
     log_mt = np.log10(np.maximum(mel_mt, _LOG_FLOOR, out=mel_mt), out=mel_mt)
     np.maximum(log_mt, log_mt.max() - _DYNAMIC_RANGE, out=log_mt)
     log_mt += 4.0
