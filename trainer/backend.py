@@ -4,8 +4,8 @@ The loop in trainer/train.py sees the model as pure functions over the canonical
 interface 4), which is exactly ``nnx.to_pure_dict`` of the Thinker's params, so the train state, the
 checkpoint's ``params`` item and a converted HF checkpoint are one and the same tree.
 
-The train section's precision and remat settings are handed to the model config (the model applies them
-per scanned layer), so there is one knob for each.
+The train section's precision and remat settings, where set, override the model section's (the model applies
+them per scanned layer); where unset, the model section's values hold.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from trainer.train import Backend
 
 
 def model_config_for(cfg: ExperimentConfig) -> Any:
-    """The experiment's ModelConfig with the train section's dtypes and remat policy applied."""
-    return cfg.model.model_copy(
-        update={
-            "param_dtype": cfg.train.precision.param_dtype,
-            "compute_dtype": cfg.train.precision.compute_dtype,
-            "remat_policy": cfg.train.remat,
-        }
-    )
+    """The experiment's ModelConfig with the train section's dtypes and remat policy applied where set."""
+    update = {
+        "param_dtype": cfg.train.precision.param_dtype,
+        "compute_dtype": cfg.train.precision.compute_dtype,
+        "remat_policy": cfg.train.remat,
+    }
+    return cfg.model.model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
 def backend(cfg: ExperimentConfig) -> Backend:
@@ -126,4 +125,5 @@ def backend(cfg: ExperimentConfig) -> Backend:
         load_params=load_params,
         flops_per_step=flops_per_step,
         handles_remat=True,
+        dtypes=(mcfg.param_dtype, mcfg.compute_dtype),
     )

@@ -23,14 +23,16 @@ FreezeGroup = Literal["audio_encoder", "embeddings", "experts", "router"]
 
 
 class PrecisionConfig(Frozen):
-    param_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="dtype of the master weights and of the optimizer state (bfloat16 halves both).",
+    param_dtype: Literal["float32", "bfloat16"] | None = Field(
+        None,
+        description="dtype of the master weights and of the optimizer state (bfloat16 halves both). "
+        "None: the model section's param_dtype.",
     )
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
+    compute_dtype: Literal["float32", "bfloat16"] | None = Field(
+        None,
         description="dtype the forward and backward passes run in: floating params are cast to it inside "
-        "the step; gradients are cast back to param_dtype before the optimizer.",
+        "the step; gradients are cast back to param_dtype before the optimizer. None: the model section's "
+        "compute_dtype.",
     )
 
 
@@ -52,10 +54,11 @@ class TrainConfig(Frozen):
         description="Parameter groups left untouched (no gradient, no optimizer state): audio_encoder, "
         "embeddings, experts, router.",
     )
-    remat: Literal["none", "full", "dots", "dots_no_batch"] = Field(
-        "none",
-        description="Activation rematerialisation policy: none, full (recompute everything), dots (save "
-        "matmul outputs), dots_no_batch (save matmuls without a batch dimension).",
+    remat: Literal["none", "full", "dots", "dots_no_batch"] | None = Field(
+        None,
+        description="Activation rematerialisation policy per layer: none, full (recompute everything), dots "
+        "(save matmul outputs), dots_no_batch (save matmuls without a batch dimension). None: the model "
+        "section's remat_policy.",
     )
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig, description="Mixed-precision policy.")
     max_nonfinite_steps: int = Field(

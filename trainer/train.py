@@ -62,6 +62,7 @@ class Backend:
         flops_per_step: batch shapes -> training FLOPs per global step (for MFU), or None.
         handles_remat: the model applies ``train.remat`` itself (per scanned layer); otherwise the step
             wraps the whole forward pass in ``jax.checkpoint``.
+        dtypes: the model's (param, compute) dtypes, used where ``train.precision`` leaves them unset.
     """
 
     init_params: Callable[[int], Any]
@@ -75,6 +76,7 @@ class Backend:
     load_params: Callable[[str], Any] | None = None
     flops_per_step: Callable[[dict[str, tuple[int, ...]]], float] | None = None
     handles_remat: bool = False
+    dtypes: tuple[str, str] = ("float32", "float32")
 
 
 class NonFiniteError(RuntimeError):
@@ -272,7 +274,7 @@ def build_program(cfg: ExperimentConfig, backend: Backend, mesh: Mesh) -> Progra
 
     Shared by the training loop and `sawt plan` (which compiles the same step for a TPU topology).
     """
-    param_dtype = jnp.dtype(cfg.train.precision.param_dtype)
+    param_dtype = jnp.dtype(cfg.train.precision.param_dtype or backend.dtypes[0])
 
     def init_params(seed: int) -> Any:
         params = backend.init_params(seed)
@@ -290,7 +292,14 @@ def build_program(cfg: ExperimentConfig, backend: Backend, mesh: Mesh) -> Progra
     )
     trainable = optim.trainable_mask(abstract_params, cfg.train.freeze)
     step = make_train_step(
-        backend.apply, backend.loss, tx, schedule, cfg.train, trainable, wrap_remat=not backend.handles_remat
+        backend.apply,
+        backend.loss,
+        tx,
+        schedule,
+        cfg.train,
+        trainable,
+        wrap_remat=not backend.handles_remat,
+        default_dtypes=backend.dtypes,
     )
     return Program(init_params, abstract_state, shardings, tx, step)
 

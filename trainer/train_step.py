@@ -74,6 +74,7 @@ def make_train_step(
     cfg: TrainConfig,
     trainable: Any,
     wrap_remat: bool = True,
+    default_dtypes: tuple[str, str] = ("float32", "float32"),
 ) -> Callable[[dict[str, Any], dict[str, jax.Array]], tuple[dict[str, Any], dict[str, jax.Array]]]:
     """Builds the pure train step.
 
@@ -86,12 +87,13 @@ def make_train_step(
         trainable: tree of bools like params; False leaves are frozen.
         wrap_remat: apply ``cfg.remat`` by wrapping the whole forward pass in ``jax.checkpoint`` (for
             models that do not apply it per layer themselves).
+        default_dtypes: (param, compute) dtypes used where ``cfg.precision`` leaves them unset.
 
     Returns:
         ``step(state, batch) -> (state, metrics)``; jit it with ``donate_argnums=0``.
     """
-    compute_dtype = jnp.dtype(cfg.precision.compute_dtype)
-    param_dtype = jnp.dtype(cfg.precision.param_dtype)
+    param_dtype = jnp.dtype(cfg.precision.param_dtype or default_dtypes[0])
+    compute_dtype = jnp.dtype(cfg.precision.compute_dtype or default_dtypes[1])
 
     forward = apply_fn
     if not wrap_remat:

@@ -68,10 +68,12 @@ def _run(args: argparse.Namespace) -> int:
         return launch_local(args.local_processes, child_argv, args.cpu_devices or 1)
 
     devices = os.environ.get("SAWT_CPU_DEVICES") or str(args.cpu_devices or 8)
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    if not _has_accelerator():
+        # No TPU here: keep jax from probing libtpu, and give the CPU the fake devices asked for.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or not _has_accelerator():
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_num_cpu_devices", int(devices))
 
     from trainer.config import load_experiment
@@ -86,6 +88,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _has_accelerator() -> bool:
+    """A TPU VM exposes /dev/accel* (v4) or /dev/vfio (v5+); JAX_PLATFORMS naming one counts too."""
+    import glob
     import os
 
-    return os.environ.get("JAX_PLATFORMS", "") not in ("", "cpu") or os.path.exists("/dev/accel0")
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms != "cpu"
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
