@@ -272,9 +272,17 @@ def test_non_minimal_varints_are_accepted():
         b"\x00\x00",  # field number 0
         b"\x0e",  # wire type 6
         b"\x0b\x08\x01",  # unterminated group
+        b"\xa1\x80\x80\x80\x10\x00",  # field key above 32 bits
+        b"\x8a\x80\x80\x80\x80\x00\x00",  # field key varint longer than 5 bytes
         _example(_entry(b"f", _ld(0x12, _ld(0x0A, b"\x00\x00\x00")))),  # packed floats not a multiple of 4
         _example(_entry(b"\xff", b"")),  # key not UTF-8
         _example(_entry(b"i", _ld(0x1A, _ld(0x0A, b"\x80")))),  # truncated packed varint
+        # Parts that a later field overrides must still be well-formed (protobuf parses them all):
+        _ld(0x0A, _ld(0x0A, _ld(0x0A, b"\xc6") + b"\x10\x05" + _ld(0x0A, b"k"))),  # an earlier key not UTF-8
+        _example(
+            _entry(b"a", _ld(0x0A, b"\x00\x00")), _entry(b"a", _ld(0x0A, b""))
+        ),  # a replaced entry broken
+        _example(_entry(b"a", _ld(0x0A, b"\x00\x00") + _ld(0x1A, b""))),  # a replaced oneof member broken
     ],
 )
 def test_malformed_bytes_raise_decode_error(data):
@@ -322,12 +330,15 @@ def _mutated_examples(draw) -> bytes:
     """Valid encodings with a few bytes replaced, inserted or cut: near-misses that stress every branch."""
     data = bytearray(encode_example(draw(_features)))
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["set", "insert", "cut"]))
+        op = draw(st.sampled_from(["set", "insert", "splice", "cut"]))
         pos = draw(st.integers(0, len(data)))
         if op == "set" and pos < len(data):
             data[pos] = draw(st.integers(0, 255))
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=3))
+        elif op == "splice" and data:  # a copy of a piece of itself: repeated fields, keys and entries
+            start = draw(st.integers(0, len(data) - 1))
+            data[pos:pos] = data[start : start + draw(st.integers(1, 12))]
         else:
             del data[pos:]
     return bytes(data)

@@ -228,13 +228,21 @@ def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             raise DecodeError("varint longer than 10 bytes")
 
 
+def _read_tag(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A field key: a varint of at most 5 bytes and 32 bits, as protobuf requires."""
+    key, new_pos = _read_varint(buf, pos, end)
+    if new_pos - pos > 5 or key >> 32:
+        raise DecodeError("field key longer than 32 bits")
+    return key, new_pos
+
+
 def _fields(buf: bytes, pos: int, end: int):
     """Yields (field number, wire type, value) over a message; LEN values are (start, stop) spans.
 
     Unknown fields are yielded too; the callers ignore the numbers they do not know.
     """
     while pos < end:
-        key, pos = _read_varint(buf, pos, end)
+        key, pos = _read_tag(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise DecodeError("field number 0")
@@ -268,7 +276,7 @@ def _fields(buf: bytes, pos: int, end: int):
 def _skip_group(buf: bytes, pos: int, end: int, number: int) -> int:
     """Skips a (deprecated) group up to its matching end tag; groups only occur as unknown fields here."""
     while pos < end:
-        key, pos = _read_varint(buf, pos, end)
+        key, pos = _read_tag(buf, pos, end)
         inner, wire = key >> 3, key & 7
         if wire == _EGROUP:
             if inner != number:
@@ -313,7 +321,9 @@ class _Feature:
         for number, wire, value in _fields(buf, start, stop):
             if number not in (1, 2, 3) or wire != _LEN:
                 continue  # unknown field (a known number with the wrong wire type counts as unknown)
-            if number != self.kind:  # a different oneof member replaces the earlier one
+            if number != self.kind:  # a different oneof member replaces the earlier one...
+                if self.chunks:
+                    self.value(buf)  # ...which must still have been well-formed, as protobuf checks
                 self.kind = number
                 self.chunks = []
             self.chunks.append(value)
@@ -495,25 +505,27 @@ def _parse_generic(buf: bytes) -> dict[str, _Feature]:
         for fnum, fwire, entry in _fields(buf, value[0], value[1]):
             if fnum != 1 or fwire != _LEN:
                 continue
-            key = b""
+            name = ""
             feature = _Feature()
             unknown = False
             for enum, ewire, evalue in _fields(buf, entry[0], entry[1]):
                 if enum == 1 and ewire == _LEN:
                     key = buf[evalue[0] : evalue[1]]
+                    try:  # every occurrence must be UTF-8, not only the last (which wins)
+                        name = key.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise DecodeError(f"feature name is not UTF-8: {key!r}") from e
                 elif enum == 2 and ewire == _LEN:
                     feature.merge(buf, evalue[0], evalue[1])
                 else:
                     unknown = True
-            try:
-                name = key.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DecodeError(f"feature name is not UTF-8: {key!r}") from e
             if unknown:
                 # protobuf (upb, TF's Python runtime) keeps a map entry with unknown fields out of the map,
                 # as an unknown field of Features, after parsing it fully; do the same.
                 feature.value(buf)
                 continue
+            if name in features:
+                features[name].value(buf)  # replaced below, but protobuf still requires it well-formed
             features[name] = feature  # a repeated key replaces the earlier entry, as in protobuf maps
     return features
 
