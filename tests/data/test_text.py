@@ -75,10 +75,23 @@ def test_load_tokenizer_errors_name_the_directory(tmp_path):
         load_tokenizer(tmp_path)
 
 
+def _without_template(src, dst):
+    (dst / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    template = config.pop("chat_template")
+    (dst / "tokenizer_config.json").write_text(json.dumps(config))
+    return template
+
+
 def test_load_tokenizer_requires_a_chat_template(tmp_path, corpus):
-    (tmp_path / "tokenizer.json").write_bytes((corpus.tokenizer / "tokenizer.json").read_bytes())
-    config = json.loads((corpus.tokenizer / "tokenizer_config.json").read_text())
-    del config["chat_template"]
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(TokenizerError, match="chat_template"):
+    _without_template(corpus.tokenizer, tmp_path)
+    with pytest.raises(TokenizerError, match="no chat template"):
         load_tokenizer(tmp_path)
+
+
+def test_load_tokenizer_reads_a_processor_chat_template_json(tmp_path, corpus, tokenizer):
+    # Qwen3-Omni ships its template as chat_template.json next to the tokenizer files.
+    template = _without_template(corpus.tokenizer, tmp_path)
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    loaded = load_tokenizer(tmp_path)
+    assert asr_prompt_ids(loaded, 3, "x") == asr_prompt_ids(tokenizer, 3, "x")

@@ -98,7 +98,11 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     except Exception as err:  # transformers raises many kinds; the user needs the path and the reason
         raise TokenizerError(f"{path}: cannot load the tokenizer ({err})") from err
     if not getattr(hf, "chat_template", None):
-        raise TokenizerError(f"{path}: the tokenizer has no chat_template (tokenizer_config.json)")
+        hf.chat_template = _processor_chat_template(path)
+    if not hf.chat_template:
+        raise TokenizerError(
+            f"{path}: no chat template (looked in tokenizer_config.json, chat_template.jinja, chat_template.json)"
+        )
 
     def special(name: str) -> int:
         token_id = hf.convert_tokens_to_ids(name)
@@ -117,6 +121,26 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         endoftext_id=special("<|endoftext|>"),
         vocab_size=len(hf),
     )
+
+
+def _processor_chat_template(path: Path) -> str | None:
+    """The template a checkpoint ships beside the tokenizer for its processor (Qwen3-Omni's chat_template.json),
+    which ``AutoTokenizer`` does not read."""
+    import json
+
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    if (path / "chat_template.json").is_file():
+        try:
+            template = json.loads((path / "chat_template.json").read_text(encoding="utf-8")).get(
+                "chat_template"
+            )
+        except (ValueError, AttributeError) as err:
+            raise TokenizerError(
+                f"{path / 'chat_template.json'}: not a JSON object with chat_template"
+            ) from err
+        return template if isinstance(template, str) else None
+    return None
 
 
 def asr_messages(instruction: str) -> list[dict]:
