@@ -146,9 +146,9 @@ def plan(
         "seq_len": seq,
         "audio_frames": frames,
         "freeze": list(cfg.train.freeze),
-        "param_dtype": cfg.train.precision.param_dtype,
-        "compute_dtype": cfg.train.precision.compute_dtype,
-        "remat": cfg.train.remat,
+        "param_dtype": mcfg.param_dtype,
+        "compute_dtype": mcfg.compute_dtype,
+        "remat": mcfg.remat_policy,
         "params": param_counts(mcfg),
         "hbm_budget_bytes": topo.hbm_budget_bytes,
     }
