@@ -175,6 +175,7 @@ def run_process(
     max_new_tokens: int,
     window_s: float,
     overlap_s: float,
+    tensor_parallel: int = 1,
 ) -> dict[str, int]:
     """Transcribes this process's records; writes the ``.done`` marker at the end."""
     from inference_server.config import ServerConfig
@@ -188,7 +189,7 @@ def run_process(
     skip = done_ids(out)
     config = ServerConfig(
         max_batch=max_batch, max_queue=1_000_000, max_new_tokens=max_new_tokens, window_s=window_s,
-        overlap_s=overlap_s,
+        overlap_s=overlap_s, tensor_parallel=tensor_parallel,
     )  # fmt: skip
     engine = build_engine(checkpoint, config)
     name = f"predictions-{process_index:05d}-of-{num_processes:05d}.jsonl"

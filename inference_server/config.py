@@ -22,4 +22,7 @@ class ServerConfig(Frozen):
     window_s: float = Field(30.0, gt=0, description="Audio per model window; longer audio is windowed.")
     overlap_s: float = Field(4.0, ge=0, description="Overlap between consecutive audio windows (stitched).")
     max_new_tokens: int = Field(448, ge=1, description="Most tokens generated per audio window.")
+    tensor_parallel: int = Field(
+        1, ge=1, description="Chips of this host the weights are sharded over (tensor axis); 4 on a v4-8."
+    )
     drain_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight requests.")

@@ -37,7 +37,6 @@ class TranscribeParams:
         temperature: 0 for greedy decoding.
         top_p: nucleus sampling mass (used when temperature > 0).
         max_new_tokens: upper bound on generated tokens per audio window; None for the engine default.
-        stop: extra stop strings (besides the model's end-of-turn token).
     """
 
     audio: np.ndarray
@@ -46,7 +45,6 @@ class TranscribeParams:
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int | None = None
-    stop: tuple[str, ...] = ()
 
     @property
     def audio_seconds(self) -> float:

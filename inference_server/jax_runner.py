@@ -2,11 +2,12 @@
 
 Shapes are static so serving never compiles per request: prefill is compiled once per audio bucket (mel
 frames padded to a few sizes up to one model window, the prompt padded to the longest prompt that bucket can
-produce), decode once for ``[num_slots]``. Everything is compiled in the constructor (`warmup`), so the
+produce), decode once per slot bucket (powers of two up to ``num_slots``). Everything is compiled in the constructor (`warmup`), so the
 engine is "ready" only when no request can trigger a compilation.
 
-The model code is `trainer.model` (the one copy): `Thinker.embed` splices the audio, `TextModel.__call__`
-(``return_kv=True``) prefills, `TextModel.decode` appends one token per row to the cache.
+The model code is `trainer.model` (the one copy), through `trainer.model.generate`'s primitives: `prefill`
+fills a one-row cache, `insert_rows` copies it into the request's slot, `decode_step` feeds one token per
+slot (inactive slots do not advance).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from trainer.data.audio import FRAMES_PER_SECOND, encoder_token_count
+from trainer.model import generate
 
 log = logging.getLogger("sawt.jax_runner")
 
@@ -47,6 +48,8 @@ class JaxRunner:
         window_s: longest audio per request window.
         max_new_tokens: generation budget per window; sets the cache length with the longest prompt.
         max_seq_len: cache length override.
+        mesh: a `jax.sharding.Mesh` over this host's chips (axes `trainer.model.sharding.MESH_AXES`) to
+            shard the weights by the trainer's rules (e.g. tensor=4 on a v4-8 host); None: one device.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class JaxRunner:
         window_s: float = 30.0,
         max_new_tokens: int = 448,
         max_seq_len: int | None = None,
+        mesh: Any = None,
         warmup: bool = True,
     ):
         from trainer.model.params import load_param_tree
@@ -74,45 +78,45 @@ class JaxRunner:
         ]
         self.max_seq_len = max_seq_len or _round_up(max(self.seq_buckets) + max_new_tokens + 1, 64)
 
-        model = Thinker(model_config, rngs=nnx.Rngs(0))
+        # Built abstractly, then filled with the checkpoint's arrays: the random init of a 30B model would
+        # not fit next to its weights.
+        model = nnx.eval_shape(lambda: Thinker(model_config, rngs=nnx.Rngs(0)))
+        if mesh is not None:
+            from trainer.model.sharding import param_shardings
+
+            params = jax.device_put(params, param_shardings(model, mesh))
         load_param_tree(model, params)
         self._graphdef, self._state = nnx.split(model)
-        t = model_config.text
-        cache_shape = (t.num_hidden_layers, num_slots, self.max_seq_len, t.num_key_value_heads, t.head_dim)
-        dtype = jnp.dtype(model_config.compute_dtype)
-        self._cache_k = jnp.zeros(cache_shape, dtype)
-        self._cache_v = jnp.zeros(cache_shape, dtype)
-        self._lengths = np.zeros(num_slots, np.int32)
+        self.mesh = mesh
+        self._cache = generate.init_cache(model_config, num_slots, self.max_seq_len)
         self._prefill = jax.jit(self._prefill_fn)
-        self._write = jax.jit(self._write_fn, donate_argnums=(0, 1))
-        self._decode = jax.jit(self._decode_fn, donate_argnums=(2, 3))
+        self._insert = jax.jit(generate.insert_rows, donate_argnums=(0,))
+        # Decode runs over the smallest power-of-two prefix of slots holding every active row (the scheduler
+        # fills the lowest free slot), so a lightly loaded server does not pay for the full batch.
+        self.decode_buckets = sorted({min(num_slots, 1 << k) for k in range(num_slots.bit_length() + 1)})
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(1,), static_argnums=(4,))
         if warmup:
             self.warmup()
 
-    # ---- jitted pure functions -----------------------------------------------------------------------
+    # ---- jitted pure functions (over trainer.model.generate's KV-cache primitives) -------------------
 
     def _prefill_fn(self, state, batch):
         model = nnx.merge(self._graphdef, state)
-        x, _ = model.embed(batch)
-        h, _, kv = model.model(x, batch["positions"], batch["token_mask"], return_kv=True)
-        last = batch["length"][0] - 1
-        logits_v = model.logits(h[:, last][:, None])[0, 0]
-        k, v = kv  # [L, 1, S, Nkv, hd]
-        return logits_v, k[:, 0], v[:, 0]
+        logits_bv, rows = generate.prefill(model, batch, self.max_seq_len)
+        return logits_bv[0], rows
 
-    @staticmethod
-    def _write_fn(cache_k, cache_v, k, v, slot):
-        s = k.shape[1]
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, None].astype(cache_k.dtype), (0, slot, 0, 0, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, None].astype(cache_v.dtype), (0, slot, 0, 0, 0))
-        del s
-        return cache_k, cache_v
-
-    def _decode_fn(self, state, tokens_b, cache_k, cache_v, lengths_b):
+    def _decode_fn(self, state, cache, tokens_b, active_b, rows):
         model = nnx.merge(self._graphdef, state)
-        x = model.model.embed_tokens(tokens_b[:, None])
-        h, cache_k, cache_v = model.model.decode(x, lengths_b[:, None], cache_k, cache_v, lengths_b)
-        return model.logits(h)[:, 0], cache_k, cache_v
+        if rows == self.num_slots:
+            return generate.decode_step(model, cache, tokens_b, active_b)
+        sub = generate.KVCache(cache.k[:, :rows], cache.v[:, :rows], cache.lengths[:rows])
+        logits_bv, sub = generate.decode_step(model, sub, tokens_b[:rows], active_b[:rows])
+        cache = generate.KVCache(
+            jax.lax.dynamic_update_slice_in_dim(cache.k, sub.k, 0, axis=1),
+            jax.lax.dynamic_update_slice_in_dim(cache.v, sub.v, 0, axis=1),
+            jax.lax.dynamic_update_slice_in_dim(cache.lengths, sub.lengths, 0, axis=0),
+        )
+        return logits_bv, cache
 
     # ---- ModelRunner ---------------------------------------------------------------------------------
 
@@ -142,21 +146,30 @@ class JaxRunner:
             "audio_frames": np.array([prompt.audio_frames], np.int32),
             "audio_tokens": np.array([prompt.audio_tokens], np.int32),
             "audio_offset": np.array([prompt.audio_offset], np.int32),
-            "length": np.array([n], np.int32),
         }
-        logits_v, k, v = self._prefill(self._state, batch)
-        self._cache_k, self._cache_v = self._write(self._cache_k, self._cache_v, k, v, np.int32(slot))
-        self._lengths[slot] = n
+        with self._on_mesh():
+            logits_v, rows = self._prefill(self._state, batch)
+            self._cache = self._insert(self._cache, rows, np.array([slot], np.int32))
         return np.asarray(logits_v)
 
     def decode(self, tokens_b: np.ndarray, active_b: np.ndarray) -> np.ndarray:
-        # Inactive rows write garbage at their current length; that row is rewritten by its next prefill.
-        lengths_b = np.minimum(self._lengths, self.max_seq_len - 1).astype(np.int32)
-        logits_bv, self._cache_k, self._cache_v = self._decode(
-            self._state, np.asarray(tokens_b, np.int32), self._cache_k, self._cache_v, lengths_b
-        )
-        self._lengths += np.asarray(active_b, bool).astype(np.int32)
-        return np.asarray(logits_bv)
+        # Inactive rows write at their current length without advancing; their next prefill rewrites them.
+        active_b = np.asarray(active_b, bool)
+        used = int(np.flatnonzero(active_b).max()) + 1 if active_b.any() else 1
+        rows = next(b for b in self.decode_buckets if b >= used)
+        with self._on_mesh():
+            logits_rv, self._cache = self._decode(
+                self._state, self._cache, np.asarray(tokens_b, np.int32), active_b, rows
+            )
+        out = np.zeros((self.num_slots, logits_rv.shape[-1]), np.float32)
+        out[:rows] = np.asarray(logits_rv)
+        return out
+
+    def _on_mesh(self):
+        """Activation sharding constraints (`trainer.model.sharding.constrain`) apply under the mesh."""
+        import contextlib
+
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     def warmup(self) -> None:
         """Compiles every prefill bucket and the decode step, so no request compiles."""
@@ -175,8 +188,11 @@ class JaxRunner:
             )
             assert len(ids) <= s
             self.prefill(0, prompt)
-        self.decode(np.zeros(self.num_slots, np.int32), np.zeros(self.num_slots, bool))
-        self._lengths[:] = 0
+        for rows in self.decode_buckets:
+            active = np.zeros(self.num_slots, bool)
+            active[rows - 1] = True
+            self.decode(np.zeros(self.num_slots, np.int32), active)
+        self._cache = generate.init_cache(self.config, self.num_slots, self.max_seq_len)
         log.info(
             "compiled prefill buckets %s (frames) and decode for %d slots", self.frame_buckets, self.num_slots
         )

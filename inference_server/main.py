@@ -45,6 +45,7 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
             max_seq_len=max_seq_len,
             window_s=config.window_s,
             max_new_tokens=config.max_new_tokens,
+            mesh=serving_mesh(config.tensor_parallel),
         )
 
     return ModelEngine(
@@ -56,6 +57,24 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
         overlap_s=config.overlap_s,
         default_max_new_tokens=config.max_new_tokens,
     )
+
+
+def serving_mesh(tensor_parallel: int):
+    """A mesh over this host's first ``tensor_parallel`` devices on the tensor axis (None for one device)."""
+    if tensor_parallel <= 1:
+        return None
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from trainer.model.sharding import MESH_AXES
+
+    devices = jax.local_devices()
+    if tensor_parallel > len(devices):
+        raise ValueError(f"--tensor-parallel {tensor_parallel} but this host has {len(devices)} devices")
+    shape = [1] * len(MESH_AXES)
+    shape[MESH_AXES.index("tensor")] = tensor_parallel
+    return Mesh(np.asarray(devices[:tensor_parallel]).reshape(shape), MESH_AXES)
 
 
 def _resolve(checkpoint: Path) -> Path:

@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-processes", type=int, default=int(os.environ.get("SAWT_NUM_PROCESSES", 1)))
     parser.add_argument("--max-batch", type=int, default=8, help="decode slots (default: 8)")
     parser.add_argument("--max-new-tokens", type=int, default=448, help="tokens per window (default: 448)")
+    parser.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        help="shard the weights over this many local chips (4 on a v4-8 host; default: 1)",
+    )
     parser.add_argument("--window-s", type=float, default=30.0, help="audio per model window (default: 30)")
     parser.add_argument("--overlap-s", type=float, default=4.0, help="window overlap (default: 4)")
     parser.add_argument(
@@ -57,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         argv += ["--split", args.split] if args.split else []
         argv += ["--max-batch", str(args.max_batch), "--max-new-tokens", str(args.max_new_tokens)]
         argv += ["--window-s", str(args.window_s), "--overlap-s", str(args.overlap_s)]
+        argv += ["--tensor-parallel", str(args.tensor_parallel)]
         code = batch_infer.launch_local(argv, args.local_processes)
         if code != 0:
             return code
@@ -71,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     batch_infer.run_process(
         args.checkpoint, args.data, out, split=args.split, process_index=args.process_index,
         num_processes=args.num_processes, max_batch=args.max_batch, max_new_tokens=args.max_new_tokens,
-        window_s=args.window_s, overlap_s=args.overlap_s,
+        window_s=args.window_s, overlap_s=args.overlap_s, tensor_parallel=args.tensor_parallel,
     )  # fmt: skip
     if args.no_report or args.process_index != 0:
         return 0

@@ -44,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="seconds in-flight requests get on SIGTERM (default: 30)",
     )
+    parser.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        help="shard the weights over this many local chips (4 on a v4-8 host; default: 1)",
+    )
     parser.add_argument("--window-s", type=float, default=30.0, help="audio per model window (default: 30)")
     parser.add_argument(
         "--overlap-s", type=float, default=4.0, help="overlap of long-audio windows (default: 4)"
@@ -86,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
             overlap_s=args.overlap_s,
             max_new_tokens=args.max_new_tokens,
             drain_grace_s=args.drain_grace,
+            tensor_parallel=args.tensor_parallel,
         )
     except ValidationError as err:
         first = err.errors()[0]

@@ -129,3 +129,24 @@ def test_long_audio_is_windowed_and_stitched(engine):
     assert final.text == stitch(per_window, max_overlap=24)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == final.text
     assert final.segments[-1].end == pytest.approx(9.0)
+
+
+def test_tensor_parallel_engine_matches_reference(tiny_checkpoint):
+    """Weights sharded over 2 of the 8 fake CPU devices (tensor axis) decode the same tokens."""
+    config = ServerConfig(max_batch=2, max_new_tokens=N_NEW, window_s=4.0, overlap_s=1.0, tensor_parallel=2)
+    eng = build_engine(tiny_checkpoint, config)
+    clip = _clip(2.7, 410.0)
+
+    async def run():
+        await eng.start()
+        try:
+            return [e async for e in eng.transcribe(TranscribeParams(audio=clip))]
+        finally:
+            await eng.stop()
+
+    events = asyncio.run(run())
+    runner = eng.scheduler.runner
+    leaf = runner._state["model"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert len(leaf.value.sharding.device_set) == 2
+    want = _reference_greedy(tiny_checkpoint, make_prompt(clip, eng.text_side), eng.text_side.stop_ids, N_NEW)
+    assert list(events[-1].segments[0].tokens) == want
