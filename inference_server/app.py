@@ -168,6 +168,7 @@ def build_app(
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.draining = False
+    app.state.inflight = 0  # transcription requests admitted and not yet answered (see routes.py)
     app.state.started_at = time.time()
     app.include_router(router)
 

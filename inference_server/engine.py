@@ -170,6 +170,7 @@ class FakeEngine:
         self._alive = True
         self._running = 0
         self._waiting = 0
+        self.max_seen_running = 0
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -213,6 +214,7 @@ class FakeEngine:
             self._waiting -= 1
             in_queue = False
             self._running += 1
+            self.max_seen_running = max(self.max_seen_running, self._running)
             try:
                 stats.scheduled = time.monotonic()
                 n = max(1, int(np.ceil(params.audio_seconds)))

@@ -114,6 +114,30 @@ async def create_transcription(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     if request.app.state.draining:
         raise ApiError(503, "The server is shutting down.", type="server_error", code="draining")
+    # Admission before reading the body: requests still uploading or decoding audio count too, so overload
+    # is shed at once instead of piling up ahead of the engine's own queue bound.
+    state = request.app.state
+    if state.inflight >= config.max_batch + config.max_queue:
+        raise _queue_full(config)
+    state.inflight += 1
+    streaming = False
+    try:
+        response = await _transcribe(request, config, engine)
+        streaming = isinstance(response, StreamingResponse)
+        return response
+    finally:
+        if not streaming:
+            state.inflight -= 1
+
+
+def _queue_full(config: ServerConfig) -> ApiError:
+    return ApiError(
+        429, "The server is at capacity; retry later.", type="rate_limit_error", code="queue_full",
+        headers={"Retry-After": str(config.retry_after_s)},
+    )  # fmt: skip
+
+
+async def _transcribe(request: Request, config: ServerConfig, engine: Engine) -> Response:
     form, data = await _parse_form(request)
     if form.model != config.model_name:
         raise ApiError(
@@ -153,20 +177,14 @@ async def create_transcription(request: Request) -> Response:
     try:
         events = engine.transcribe(params)
     except QueueFull:
-        raise ApiError(
-            429,
-            "The server is at capacity; retry later.",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(config.retry_after_s)},
-        ) from None
+        raise _queue_full(config) from None
     except EngineDead:
         raise ApiError(503, "The engine is not running.", type="server_error", code="engine_dead") from None
     metrics: ServerMetrics = request.app.state.metrics
     deadline = time.monotonic() + config.request_timeout_s
     if form.stream:
         return StreamingResponse(
-            _sse(events, metrics, deadline),
+            _sse(events, metrics, deadline, request.app.state),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -194,7 +212,9 @@ async def _collect(events: AsyncIterator[Event], deadline: float) -> Finished:
         await events.aclose()
 
 
-async def _sse(events: AsyncIterator[Event], metrics: ServerMetrics, deadline: float) -> AsyncIterator[bytes]:
+async def _sse(
+    events: AsyncIterator[Event], metrics: ServerMetrics, deadline: float, state: Any
+) -> AsyncIterator[bytes]:
     def frame(obj: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -215,6 +235,7 @@ async def _sse(events: AsyncIterator[Event], metrics: ServerMetrics, deadline: f
                 yield b"data: [DONE]\n\n"
                 return
     finally:
+        state.inflight -= 1
         await events.aclose()  # client gone or finished: the slot is freed either way
 
 

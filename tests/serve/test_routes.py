@@ -231,3 +231,31 @@ def test_health_503_when_engine_dead_and_ready_waits_for_start():
             url + "/v1/audio/transcriptions", data={"model": MODEL}, files={"file": wav_bytes(1.0)}
         )
         assert r.status_code == 503 and json.loads(r.text)["error"]["code"] == "engine_dead"
+
+
+def test_http_admission_sheds_before_reading_bodies():
+    """Requests still uploading count against max_batch + max_queue, so overload never piles up."""
+    engine = FakeEngine(max_batch=8, max_queue=64, step_s=0.2)
+    app = make_app(engine, max_batch=1, max_queue=1)
+    with serve_in_thread(app) as url:
+        results: list[httpx.Response] = []
+
+        def send():
+            results.append(
+                httpx.post(
+                    url + "/v1/audio/transcriptions",
+                    data={"model": MODEL, "stream": "true"},
+                    files={"file": wav_bytes(3.0)},
+                    timeout=30,
+                )
+            )
+
+        threads = [threading.Thread(target=send) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = [r.status_code for r in results]
+        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+        assert engine.max_seen_running <= 2
+        assert app.state.inflight == 0  # streams released their admission when they ended
