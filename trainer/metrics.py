@@ -19,6 +19,20 @@ _STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _SAVE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+def host_rss_bytes() -> dict[str, float]:
+    """This process's resident memory now and at its peak (``host_rss``, ``host_rss_peak``); {} off Linux."""
+    import resource
+
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["host_rss"] = float(int(f.read().split()[1]) * resource.getpagesize())
+    except (OSError, IndexError, ValueError):
+        return out
+    out["host_rss_peak"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # KiB on Linux
+    return out
+
+
 class TrainMetrics:
     """The trainer's Prometheus metrics for one process."""
 
@@ -63,7 +77,12 @@ class TrainMetrics:
         )
         self.eval_wer = gauge("sawt_train_eval_wer_ratio", "Validation WER by source.", ("source",))
         self.eval_cer = gauge("sawt_train_eval_cer_ratio", "Validation CER by source.", ("source",))
-        self.device_memory = gauge("sawt_train_device_memory_bytes", "Device memory.", ("kind",))
+        self.device_memory = gauge(
+            "sawt_train_device_memory_bytes",
+            "Device memory (kind in_use/peak); on a backend without memory stats (CPU), the process's resident "
+            "host memory (kind host_rss/host_rss_peak).",
+            ("kind",),
+        )
         self.bad_records = Counter(
             "sawt_train_bad_records_total", "Records the loader skipped.", [*p, "reason"], registry=r
         )
@@ -79,6 +98,9 @@ class TrainMetrics:
             "sawt_train_resumes_total", "Times this run resumed from a checkpoint.", p, registry=r
         )
         self._bad_seen: dict[str, float] = {}
+        # Counters without other labels start at 0, so dashboards show "0" rather than "No data".
+        self.nonfinite_skips.labels(self.process)
+        self.resumes.labels(self.process)
 
     def serve(self, port: int) -> None:
         """Starts the /metrics HTTP server on ``port`` (a daemon thread)."""
@@ -107,6 +129,10 @@ class TrainMetrics:
             self.expert_load.labels(lp, str(i)).set(value)
         if not rec.get("finite", True):
             self.nonfinite_skips.labels(lp).inc()
+        if rec.get("memory_in_use_bytes") is None and rec.get("memory_peak_bytes") is None:
+            # jax's CPU devices report no memory stats: show what the host offers, labelled as such.
+            for kind, value in host_rss_bytes().items():
+                self.device_memory.labels(lp, kind).set(value)
         for kind in ("in_use", "peak"):
             if rec.get(f"memory_{kind}_bytes") is not None:
                 self.device_memory.labels(lp, kind).set(rec[f"memory_{kind}_bytes"])
