@@ -26,8 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory (predictions, report)")
     parser.add_argument("--local-processes", type=int, default=None, help="run N local processes (shards)")
-    parser.add_argument("--process-index", type=int, default=int(os.environ.get("SAWT_PROCESS_ID", 0)))
-    parser.add_argument("--num-processes", type=int, default=int(os.environ.get("SAWT_NUM_PROCESSES", 1)))
+    parser.add_argument(
+        "--process-index",
+        type=int,
+        default=int(os.environ.get("SAWT_PROCESS_ID", 0)),
+        help="this process's shard (default: $SAWT_PROCESS_ID or 0)",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=int(os.environ.get("SAWT_NUM_PROCESSES", 1)),
+        help="number of shards (default: $SAWT_NUM_PROCESSES or 1)",
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="decode slots (default: 8)")
     parser.add_argument("--max-new-tokens", type=int, default=448, help="tokens per window (default: 448)")
     parser.add_argument(
