@@ -14,7 +14,7 @@ from trainer.data.audio import encoder_token_count
 from trainer.model import hf_names
 from trainer.model.config import ModelConfig
 from trainer.model.params import load_param_tree
-from trainer.model.thinker import Thinker
+from trainer.model.thinker import Thinker, check_audio_placeholders
 
 GOLDENS = Path(__file__).resolve().parents[1] / "goldens" / "model"
 GOLDEN_NAMES = ("tiny_a", "tiny_b")
@@ -35,6 +35,17 @@ def golden_tree(name: str) -> dict:
 def reference(name: str) -> dict:
     with np.load(GOLDENS / name / "reference.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+@nnx.jit
+def _jit_forward(model, batch):
+    return model(batch)
+
+
+def forward(model: Thinker, batch: dict):
+    """Host placeholder check, then the jitted forward (eager dispatch is slow on a shared 2-core box)."""
+    check_audio_placeholders(batch, model.config)
+    return _jit_forward(model, batch)
 
 
 def golden_model(name: str, **overrides) -> Thinker:

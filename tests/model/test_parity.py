@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.model.helpers import (
     CLIP_ORDER,
     GOLDEN_NAMES,
     av_batch,
+    forward,
     golden_model,
     mel,
     mel_batch,
@@ -50,7 +52,7 @@ def test_audio_encoder_matches_hf(name):
     model = golden_model(name)
     ref = reference(name)
     audio_mel, frames = mel_batch(list(CLIP_ORDER))
-    feats, valid = model.audio_tower(audio_mel, frames)
+    feats, valid = nnx.jit(lambda m, x, n: m.audio_tower(x, n))(model, audio_mel, frames)
     for b, clip in enumerate(CLIP_ORDER):
         want = ref[f"{clip}/encoder"]
         assert int(valid[b].sum()) == want.shape[0]
@@ -63,7 +65,7 @@ def test_audio_text_logits_and_loss_match_hf(name):
     model = golden_model(name)
     ref = reference(name)
     batch = av_batch(name)
-    out = model(batch)
+    out = forward(model, batch)
     mask = batch["token_mask"]
     assert_close(np.asarray(out.logits)[mask], ref["av/logits"][mask], what=f"{name} audio+text logits")
     loss, metrics = thinker_loss(out, batch, aux_coef=model.config.text.router_aux_loss_coef)
@@ -84,7 +86,7 @@ def test_text_only_logits_match_hf(name):
         "token_mask": mask,
         "positions": (np.maximum(np.cumsum(mask, 1) - 1, 0) * mask).astype(np.int32),
     }
-    out = model(batch)
+    out = forward(model, batch)
     assert_close(np.asarray(out.logits)[mask], ref["text/logits"][mask], what=f"{name} text logits")
 
 
@@ -100,6 +102,6 @@ def test_greedy_generation_matches_hf(name):
 def test_dense_reference_path_matches_hf():
     model = golden_model("tiny_a", moe_impl="dense")
     batch = av_batch("tiny_a")
-    out = model(batch)
+    out = forward(model, batch)
     mask = batch["token_mask"]
     assert_close(np.asarray(out.logits)[mask], reference("tiny_a")["av/logits"][mask], what="dense logits")

@@ -227,6 +227,12 @@ class HFTensors:
     def keys(self) -> list[str]:
         return sorted(self._loaders)
 
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
     def __contains__(self, key: str) -> bool:
         return key in self._loaders
 

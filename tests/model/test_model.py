@@ -1,0 +1,288 @@
+"""Model unit tests: MoE dispatch, sharding, placeholder checks, RoPE reduction, configs, param tree, loss."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sawt.configlib import ConfigError
+from tests.model.helpers import (
+    GOLDENS,
+    av_batch,
+    forward,
+    golden_config,
+    golden_model,
+    golden_tree,
+    reference,
+)
+from trainer.config import load_experiment
+from trainer.data.audio import encoder_token_count
+from trainer.model import hf_names, moe, sharding
+from trainer.model.config import ModelConfig
+from trainer.model.loss import thinker_loss
+from trainer.model.params import abstract_param_tree, flatten, load_param_tree, param_tree
+from trainer.model.rope import apply_rope, rope_angles
+from trainer.model.thinker import AudioPlaceholderError, Thinker, check_audio_placeholders
+
+
+def test_encoder_token_count_formula():
+    assert [encoder_token_count(n) for n in (100, 200, 937, 130, 1000, 3000, 7, 0)] == [
+        13, 26, 122, 17, 130, 390, 1, 0,
+    ]  # fmt: skip
+    np.testing.assert_array_equal(encoder_token_count(np.array([100, 137])), [13, 18])
+
+
+@pytest.mark.parametrize("experts,top_k", [(8, 2), (6, 3), (4, 1)])
+def test_ragged_dispatch_equals_dense_reference(experts, top_k):
+    """Values and gradients of the sorted ragged_dot dispatch equal the every-expert reference."""
+    rng = np.random.default_rng(0)
+    t, h, i = 37, 16, 8
+    x = jnp.asarray(rng.standard_normal((t, h)), jnp.float32)
+    gate = jnp.asarray(rng.standard_normal((experts, h, i)) / 4, jnp.float32)
+    up = jnp.asarray(rng.standard_normal((experts, h, i)) / 4, jnp.float32)
+    down = jnp.asarray(rng.standard_normal((experts, i, h)) / 3, jnp.float32)
+    router = jnp.asarray(rng.standard_normal((h, experts)), jnp.float32)
+
+    def run(fn, x, gate, up, down, router):
+        _, w, ids = moe.route(x @ router, top_k, True)
+        return fn(x, w, ids, gate, up, down)
+
+    dense = jax.jit(run, static_argnums=0)(moe.experts_dense, x, gate, up, down, router)
+    ragged = jax.jit(run, static_argnums=0)(moe.experts_ragged, x, gate, up, down, router)
+    np.testing.assert_allclose(ragged, dense, atol=1e-5)
+    grads = [
+        jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(jnp.sin(run(fn, *a))), argnums=(0, 1, 2, 3, 4)))(
+            x, gate, up, down, router
+        )
+        for fn in (moe.experts_dense, moe.experts_ragged)
+    ]
+    for gd, gr in zip(*grads, strict=True):
+        np.testing.assert_allclose(gr, gd, atol=1e-5)
+    assert float(jnp.abs(grads[1][4]).sum()) > 0  # the router learns through the renormalised weights
+
+
+def test_ragged_dispatch_scales_with_top_k_not_experts():
+    """The grouped matmuls see T*k rows, whatever the number of experts (the dense path sees T*E)."""
+    x = jnp.ones((10, 4))
+    ids = jnp.zeros((10, 2), jnp.int32)
+    w = jnp.ones((10, 2))
+    big = jnp.ones((64, 4, 3))
+    jaxpr = jax.make_jaxpr(moe.experts_ragged)(x, w, ids, big, big, jnp.ones((64, 3, 4)))
+    shapes = [eqn.outvars[0].aval.shape for eqn in jaxpr.eqns if eqn.primitive.name == "ragged_dot_general"]
+    assert shapes and all(s[0] == 20 for s in shapes), shapes
+
+
+def test_sharded_forward_equals_unsharded():
+    """8 fake CPU devices, mesh data x fsdp x expert x tensor = 1x2x2x2: same logits, loss and grads."""
+    model = golden_model("tiny_a")
+    batch = av_batch("tiny_a")
+    want = forward(model, batch)
+    want_loss, _ = thinker_loss(want, batch, 0.001)
+    auto = (jax.sharding.AxisType.Auto,) * 4  # GSPMD propagation: the model constrains, XLA completes
+    mesh = jax.make_mesh((1, 2, 2, 2), sharding.MESH_AXES, axis_types=auto, devices=jax.devices()[:8])
+    sharding.shard_model(model, mesh)
+    specs = sharding.param_specs(model, mesh)
+    assert specs["model"]["layers"]["mlp"]["experts"]["gate_proj"] == jax.sharding.PartitionSpec(
+        None, "expert", "fsdp", "tensor"
+    )
+    arrays = {k: v for k, v in batch.items()}
+
+    @nnx.jit
+    def loss_fn(model, batch):
+        out = model(batch)
+        return thinker_loss(out, batch, 0.001)[0], out.logits
+
+    with jax.set_mesh(mesh):
+        loss, logits = loss_fn(model, arrays)
+    assert model.model.layers.mlp.experts.gate_proj[...].sharding.spec[1] == "expert"
+    mask = batch["token_mask"]
+    np.testing.assert_allclose(np.asarray(logits)[mask], np.asarray(want.logits)[mask], atol=1e-4)
+    np.testing.assert_allclose(float(loss), float(want_loss), atol=1e-5)
+
+
+def test_logical_to_spec_drops_axes_that_do_not_divide():
+    spec = sharding.logical_to_spec(("kv_heads", "embed"), (4, 2048), {"tensor": 8, "fsdp": 4})
+    assert spec == jax.sharding.PartitionSpec(None, ("fsdp",))
+    with pytest.raises(KeyError, match="no sharding rule"):
+        sharding.logical_to_spec(("nonsense",))
+
+
+def test_every_param_has_logical_axes():
+    model = Thinker(ModelConfig(), rngs=nnx.Rngs(0))
+    axes = dict(flatten(sharding.param_logical_axes(model), ""))
+    shapes = dict(flatten(param_tree(model)))
+    assert set(axes) == set(shapes)
+    for path, names in axes.items():
+        assert len(names) == shapes[path].ndim, path
+        assert all(n in sharding.RULES for n in names), (path, names)
+
+
+def _bad_rows_batch():
+    batch = av_batch("tiny_a")
+    ids = batch["input_ids"].copy()
+    ids[0, batch["audio_offset"][0]] = 11  # one placeholder fewer than the clip's encoder outputs
+    return dict(batch, input_ids=ids)
+
+
+def test_placeholder_count_mismatch_raises_on_host():
+    model = golden_model("tiny_a")
+    batch = _bad_rows_batch()
+    with pytest.raises(AudioPlaceholderError, match="row 0: 25 <\\|audio_pad\\|> placeholders"):
+        model(batch)
+    with pytest.raises(AudioPlaceholderError, match="audio_tokens"):
+        check_audio_placeholders(
+            dict(av_batch("tiny_a"), audio_tokens=np.array([26, 18], np.int32)), model.config
+        )
+    text_only = {"input_ids": np.array([[1, 5, 2]], np.int32)}
+    with pytest.raises(AudioPlaceholderError, match="no audio"):
+        check_audio_placeholders(text_only, model.config)
+
+
+def test_placeholder_count_mismatch_poisons_row_in_graph():
+    """Inside jit the host check cannot run; the bad row's logits become NaN, the good row is untouched."""
+    model = golden_model("tiny_a")
+    logits = nnx.jit(lambda m, b: m(b).logits)(model, _bad_rows_batch())
+    assert np.isnan(np.asarray(logits[0])).all()
+    assert np.isfinite(np.asarray(logits[1])).all()
+
+
+def test_mrope_with_equal_rows_reduces_to_1d_rope():
+    rng = np.random.default_rng(0)
+    pos = jnp.asarray(rng.integers(0, 500, (2, 7)), jnp.int32)
+    a1 = rope_angles(pos, 32, 1e6)
+    a3 = rope_angles(jnp.stack([pos, pos, pos]), 32, 1e6, (6, 5, 5))
+    np.testing.assert_array_equal(a1, a3)
+    # Distinct rows do change the angles (the 3-row path is live): H feeds frequency 1, W frequency 2.
+    a3b = rope_angles(jnp.stack([pos, pos + 1, pos + 2]), 32, 1e6, (6, 5, 5))
+    assert not np.allclose(a3b[..., 1], a1[..., 1]) and np.allclose(a3b[..., 0], a1[..., 0])
+    x = jnp.asarray(rng.standard_normal((2, 7, 3, 32)), jnp.float32)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(apply_rope(x, a1), axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5
+    )
+
+
+def test_hf_keys_with_prefix_fused_experts_and_skipped_vision():
+    cfg = golden_config("tiny_a")
+    plain = hf_names.HFTensors.from_dir(GOLDENS / "tiny_a")
+    assert plain.skipped and all(k.startswith("visual.") for k in plain.skipped)
+    raw = {k: plain[k] for k in plain}
+    prefixed = {"thinker." + k: v for k, v in raw.items()}
+    prefixed["thinker.visual.patch_embed.proj.weight"] = np.zeros(3)
+    prefixed["talker.model.norm.weight"] = np.zeros(3)
+    # In-memory layout: model.language_model.* and fused experts.
+    fused = {}
+    for k, v in raw.items():
+        if ".mlp.experts." in k:
+            continue
+        if k.startswith("model."):
+            k = k.replace("model.", "model.language_model.", 1)
+        elif k.startswith("audio_tower."):
+            k = "model." + k
+        fused[k] = v
+    for layer in range(cfg.text.num_hidden_layers):
+        base = f"model.layers.{layer}.mlp.experts"
+        gate_up = [np.concatenate([raw[f"{base}.{e}.gate_proj.weight"], raw[f"{base}.{e}.up_proj.weight"]]) for e in
+                   range(cfg.text.num_experts)]  # fmt: skip
+        fused[f"model.language_model.layers.{layer}.mlp.experts.gate_up_proj"] = np.stack(gate_up)
+        fused[f"model.language_model.layers.{layer}.mlp.experts.down_proj"] = np.stack(
+            [raw[f"{base}.{e}.down_proj.weight"] for e in range(cfg.text.num_experts)]
+        )
+    want = dict(flatten(golden_tree("tiny_a")))
+    for source in (prefixed, fused):
+        got = dict(flatten(hf_names.hf_to_tree(source, cfg)))
+        assert set(got) == set(want)
+        for p in want:
+            np.testing.assert_array_equal(got[p], want[p], err_msg=p)
+
+
+def test_canonical_tree_round_trips_through_hf_names():
+    cfg = golden_config("tiny_b")
+    tree = golden_tree("tiny_b")
+    hf = hf_names.tree_to_hf(tree, cfg, prefix="thinker.")
+    source = hf_names.HFTensors.from_dir(GOLDENS / "tiny_b")
+    for k, v in hf.items():
+        np.testing.assert_array_equal(v, source[k[len("thinker.") :]].astype(np.float32), err_msg=k)
+    back = dict(flatten(hf_names.hf_to_tree(hf, cfg)))
+    for p, v in flatten(tree):
+        np.testing.assert_array_equal(back[p], v)
+
+
+def test_load_param_tree_rejects_mismatch():
+    model = Thinker(ModelConfig(), rngs=nnx.Rngs(0))
+    tree = jax.tree.map(np.asarray, param_tree(model))
+    load_param_tree(model, tree)
+    tree["lm_head"]["kernel"] = np.zeros((3, 3), np.float32)
+    tree["extra"] = {"w": np.zeros(1)}
+    del tree["model"]["norm"]
+    with pytest.raises(ValueError, match=r"missing: model/norm/scale.*unexpected: extra/w.*lm_head/kernel"):
+        load_param_tree(model, tree)
+
+
+def test_30b_preset_matches_canonical_shapes_and_hf_config():
+    cfg = load_experiment("qwen3-omni-30b-a3b").model
+    shapes = {p: tuple(v.shape) for p, v in flatten(abstract_param_tree(cfg))}
+    assert shapes["model/layers/self_attn/q_proj/kernel"] == (48, 2048, 32, 128)
+    assert shapes["model/layers/self_attn/o_proj/kernel"] == (48, 32, 128, 2048)
+    assert shapes["model/layers/mlp/experts/down_proj"] == (48, 128, 768, 2048)
+    assert shapes["audio_tower/conv_out/kernel"] == (7680, 1280)
+    assert shapes["audio_tower/layers/self_attn/q_proj/bias"] == (32, 20, 64)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 31_719_205_488 - 538_631_408  # dossier §9
+    # The same config, read from an HF config.json in the released (thinker_config) layout.
+    hf = json.loads((GOLDENS / "tiny_a" / "config.json").read_text())
+    t, a = hf["text_config"], hf["audio_config"]
+    t.update(vocab_size=152064, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+             num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+             max_position_embeddings=65536, pad_token_id=None, eos_token_id=[151645, 151643],
+             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [24, 20, 20]})  # fmt: skip
+    a.update(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+             downsample_hidden_size=480, output_dim=2048)  # fmt: skip
+    hf.update(
+        audio_token_id=151675, audio_start_token_id=151669, audio_end_token_id=151670, pad_token_id=151643
+    )
+    got = ModelConfig.from_hf_config({"thinker_config": hf}, name=cfg.name, param_dtype="bfloat16",
+                                     compute_dtype="bfloat16", remat_policy="full")  # fmt: skip
+    assert got == cfg
+
+
+def test_from_hf_config_names_missing_key():
+    hf = json.loads((GOLDENS / "tiny_a" / "config.json").read_text())
+    del hf["text_config"]["num_experts"]
+    with pytest.raises(ConfigError, match=r"text_config\.num_experts"):
+        ModelConfig.from_hf_config(hf)
+    assert golden_config("tiny_b").audio.window_tokens == 52  # n_window_infer 400 -> 4 chunks of 13
+
+
+@pytest.mark.slow
+def test_remat_changes_no_value_or_gradient():
+    """Remat (full) gives the same loss and gradients; the router gets a gradient."""
+    batch = av_batch("tiny_b")
+
+    def loss_and_grad(model):
+        def f(m):
+            return thinker_loss(m(batch), batch, 0.001)[0]
+
+        return nnx.jit(nnx.value_and_grad(f))(model)
+
+    base_loss, base_grad = loss_and_grad(golden_model("tiny_b"))
+    remat_loss, remat_grad = loss_and_grad(golden_model("tiny_b", remat_policy="full"))
+    np.testing.assert_allclose(float(remat_loss), float(base_loss), rtol=1e-6)
+    for (p, g1), (_, g2) in zip(flatten(nnx.to_pure_dict(base_grad)), flatten(nnx.to_pure_dict(remat_grad)),
+                                strict=True):  # fmt: skip
+        np.testing.assert_allclose(g2, g1, atol=1e-5, err_msg=p)
+    router_grad = nnx.to_pure_dict(base_grad)["model"]["layers"]["mlp"]["gate"]["kernel"]
+    assert float(jnp.abs(router_grad).sum()) > 0
+
+
+def test_bf16_compute_stays_close_to_fp32():
+    """Same weights, bf16 matmuls: finite logits close to HF's fp32 ones."""
+    batch = av_batch("tiny_b")
+    bf16 = golden_model("tiny_b", compute_dtype="bfloat16")
+    logits = np.asarray(nnx.jit(lambda m, b: m(b).logits)(bf16, batch))
+    mask = batch["token_mask"]
+    assert np.isfinite(logits[mask]).all()
+    assert np.abs(logits[mask] - reference("tiny_b")["av/logits"][mask]).mean() < 0.1
