@@ -66,14 +66,16 @@ def run(args: argparse.Namespace) -> int:
 
     steps = ["base", "build trainer", "build server"]
     if args.action == "smoke":
+        # The server loads and compiles in the background while the trainer runs (2 cores, CI's budget).
         steps += [
             "trainer: user",
             "server: user",
             "trainer: data",
+            "server: checkpoint",
+            "server: start",
             "trainer: train 2 steps",
             "trainer: SIGTERM -> 42",
-            "server: checkpoint",
-            "server: serve + transcribe",
+            "server: ready + transcribe + drain",
         ]
     needs = {
         "base": ["host"],
@@ -82,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
         "trainer: user": ["build trainer"],
         "server: user": ["build server"],
         "trainer: data": ["build trainer"],
+        "server: checkpoint": ["trainer: data"],
+        "server: start": ["build server", "server: checkpoint"],
         "trainer: train 2 steps": ["trainer: data"],
         "trainer: SIGTERM -> 42": ["trainer: train 2 steps"],
-        "server: checkpoint": ["trainer: data"],
-        "server: serve + transcribe": ["build server", "server: checkpoint"],
+        "server: ready + transcribe + drain": ["server: start"],
     }
     work = smoke.SmokeRun(podman, report, args.timeout) if podman else None
     actions = {
@@ -101,18 +104,23 @@ def run(args: argparse.Namespace) -> int:
         "trainer: user": lambda: smoke.check_image_user(podman, smoke.TRAINER_IMAGE),
         "server: user": lambda: smoke.check_image_user(podman, smoke.SERVER_IMAGE),
         "trainer: data": lambda: (work.prepare(), work.trainer_data()),
+        "server: checkpoint": lambda: work.server_checkpoint(),
+        "server: start": lambda: work.server_start(),
         "trainer: train 2 steps": lambda: work.trainer_train(),
         "trainer: SIGTERM -> 42": lambda: work.trainer_sigterm(),
-        "server: checkpoint": lambda: work.server_checkpoint(),
-        "server: serve + transcribe": lambda: work.server_transcribe(),
+        "server: ready + transcribe + drain": lambda: work.server_transcribe(),
     }
-    for name in steps:
-        missing = [need for need in needs[name] if not report.passed(need)]
-        if missing:
-            report.not_run(name, f"needs {', '.join(missing)}, which did not pass")
-            continue
-        with report.step(name):
-            actions[name]()
+    try:
+        for name in steps:
+            missing = [need for need in needs[name] if not report.passed(need)]
+            if missing:
+                report.not_run(name, f"needs {', '.join(missing)}, which did not pass")
+                continue
+            with report.step(name):
+                actions[name]()
+    finally:
+        if work is not None:
+            work.cleanup()
     if podman is not None and report.passed("build trainer") and report.passed("build server"):
         podman.run("image", "prune", "-f", check=False, timeout=300)  # earlier builds' untagged images
     report.print_summary()

@@ -83,7 +83,9 @@ class Report:
         print("\n" + "=" * 100)
         print("images summary")
         for r in self.results:
-            detail = f"  {r.detail}" if r.detail else ""
+            # The first line only: the full message (with its log tail) is in the banner above.
+            first = r.detail.splitlines()[0] if r.detail else ""
+            detail = f"  {first[:160]}{'...' if len(first) > 160 else ''}" if first else ""
             print(f"  {r.name:<{width}}  {r.status:<7}  {r.seconds:6.0f} s{detail}")
         total = sum(r.seconds for r in self.results)
         verdict = "all steps passed" if self.exit_code() == 0 else "NOT ALL STEPS PASSED"
