@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,6 +101,33 @@ class Finished:
 Event = TextDelta | Finished
 
 
+class RequestStream:
+    """The events of one request; `aclose` always releases what the request holds.
+
+    An async generator that never started cannot run its ``finally`` on close, so the release is explicit:
+    ``on_close`` runs exactly once, whether the stream ended, failed, was abandoned early or never read.
+    """
+
+    def __init__(self, events: AsyncIterator[Event], on_close: Callable[[], None]):
+        self._events = events
+        self._on_close = on_close
+        self._closed = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            if not self._closed:
+                self._closed = True
+                self._on_close()
+
+
 @dataclass(frozen=True)
 class EngineLoad:
     """What the engine is doing now (read at scrape time)."""
@@ -127,11 +154,11 @@ class Engine(Protocol):
 
     def load(self) -> EngineLoad: ...
 
-    def transcribe(self, params: TranscribeParams) -> AsyncIterator[Event]:
+    def transcribe(self, params: TranscribeParams) -> RequestStream:
         """Starts a request. Raises `QueueFull` or `EngineDead` at once (before any event) when it cannot.
 
-        The iterator yields `TextDelta`s then one `Finished`. Closing the iterator early (client gone,
-        timeout) cancels the request and frees its slot.
+        The stream yields `TextDelta`s then one `Finished`. The caller must `aclose` it (also when it stops
+        early: client gone, timeout), which cancels whatever is unfinished and frees its slots.
         """
         ...
 
@@ -195,7 +222,7 @@ class FakeEngine:
     def load(self) -> EngineLoad:
         return EngineLoad(self._running, self._waiting, self._running / self.max_batch)
 
-    def transcribe(self, params: TranscribeParams) -> AsyncIterator[Event]:
+    def transcribe(self, params: TranscribeParams) -> RequestStream:
         if not self._alive:
             raise EngineDead("engine worker is dead")
         if self._slots is None:
@@ -203,16 +230,23 @@ class FakeEngine:
         if self._waiting >= self.max_queue:
             raise QueueFull(f"{self._waiting} requests waiting")
         self._waiting += 1  # counted at once, so admission of concurrent submits is exact
-        return self._run(params, time.monotonic())
+        progress = {"in_queue": True}
 
-    async def _run(self, params: TranscribeParams, arrival: float) -> AsyncIterator[Event]:
+        def release() -> None:  # a stream closed before it ever ran still leaves the queue
+            if progress["in_queue"]:
+                progress["in_queue"] = False
+                self._waiting -= 1
+
+        return RequestStream(self._run(params, time.monotonic(), progress), release)
+
+    async def _run(self, params: TranscribeParams, arrival: float, progress: dict) -> AsyncIterator[Event]:
         assert self._slots is not None
         stats = RequestStats(arrival=arrival, audio_seconds=params.audio_seconds)
-        in_queue = True
+        await self._slots.acquire()
         try:
-            await self._slots.acquire()
-            self._waiting -= 1
-            in_queue = False
+            if progress["in_queue"]:
+                progress["in_queue"] = False
+                self._waiting -= 1
             self._running += 1
             self.max_seen_running = max(self.max_seen_running, self._running)
             try:
@@ -243,7 +277,5 @@ class FakeEngine:
                 yield Finished(text, finish_reason, (segment,), stats, params.language)
             finally:
                 self._running -= 1
-                self._slots.release()
         finally:
-            if in_queue:
-                self._waiting -= 1
+            self._slots.release()

@@ -28,6 +28,7 @@ from inference_server.engine import (
     Finished,
     QueueFull,
     RequestStats,
+    RequestStream,
     Segment,
     TextDelta,
     TranscribeParams,
@@ -162,7 +163,7 @@ class ModelEngine:
 
     # ---- requests ----------------------------------------------------------------------------------
 
-    def transcribe(self, params: TranscribeParams) -> AsyncIterator[Event]:
+    def transcribe(self, params: TranscribeParams) -> RequestStream:
         if self.scheduler is None or not self.alive:
             raise EngineDead("engine is not running")
         loop = asyncio.get_running_loop()
@@ -193,7 +194,13 @@ class ModelEngine:
         except SchedulerQueueFull as err:
             raise QueueFull(str(err)) from None
         stats.prompt_tokens = sum(seq.prompt_len for seq in seqs)
-        return self._events(params, bounds, seqs, queue, stats)
+        scheduler = self.scheduler
+
+        def cancel_all() -> None:  # finished sequences ignore it
+            for seq in seqs:
+                scheduler.cancel(seq)
+
+        return RequestStream(self._events(params, bounds, seqs, queue, stats), cancel_all)
 
     async def _events(
         self,

@@ -25,6 +25,7 @@ from inference_server.engine import (
     Event,
     Finished,
     QueueFull,
+    RequestStream,
     TextDelta,
     TranscribeParams,
 )
@@ -183,8 +184,10 @@ async def _transcribe(request: Request, config: ServerConfig, engine: Engine) ->
     metrics: ServerMetrics = request.app.state.metrics
     deadline = time.monotonic() + config.request_timeout_s
     if form.stream:
-        return StreamingResponse(
-            _sse(events, metrics, deadline, request.app.state),
+        return _AdmittedStream(
+            events,
+            request.app.state,
+            _sse(events, metrics, deadline),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -193,7 +196,7 @@ async def _transcribe(request: Request, config: ServerConfig, engine: Engine) ->
     return _render(result, form)
 
 
-async def _next(events: AsyncIterator[Event], deadline: float) -> Event:
+async def _next(events: RequestStream, deadline: float) -> Event:
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             return await anext(events)
@@ -202,7 +205,7 @@ async def _next(events: AsyncIterator[Event], deadline: float) -> Event:
         raise ApiError(504, "The request timed out.", type="server_error", code="timeout") from None
 
 
-async def _collect(events: AsyncIterator[Event], deadline: float) -> Finished:
+async def _collect(events: RequestStream, deadline: float) -> Finished:
     try:
         while True:
             event = await _next(events, deadline)
@@ -212,9 +215,7 @@ async def _collect(events: AsyncIterator[Event], deadline: float) -> Finished:
         await events.aclose()
 
 
-async def _sse(
-    events: AsyncIterator[Event], metrics: ServerMetrics, deadline: float, state: Any
-) -> AsyncIterator[bytes]:
+async def _sse(events: RequestStream, metrics: ServerMetrics, deadline: float) -> AsyncIterator[bytes]:
     def frame(obj: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -235,8 +236,24 @@ async def _sse(
                 yield b"data: [DONE]\n\n"
                 return
     finally:
-        state.inflight -= 1
         await events.aclose()  # client gone or finished: the slot is freed either way
+
+
+class _AdmittedStream(StreamingResponse):
+    """An SSE response that, however it ends (done, client gone, never started), closes the request's
+    stream (freeing its slots) and releases its admission."""
+
+    def __init__(self, events: RequestStream, state: Any, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._events = events
+        self._state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._state.inflight -= 1
+            await self._events.aclose()
 
 
 def _render(result: Finished, form: TranscriptionForm) -> Response:
