@@ -30,10 +30,14 @@ from tools.safetensors_io import (
     ShardedWriter,
     TensorInfo,
     open_checkpoint,
+    read_into,
+    read_rows,
     read_tensor,
 )
 
 THINKER_PREFIX = "thinker."
+# Large unstacked tensors are read and transposed in blocks of this size.
+BLOCK_BYTES = 64 << 20
 DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp32": np.dtype(np.float32)}
 DTYPE_NAMES = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float32): "float32"}
 
@@ -115,13 +119,34 @@ def build_leaves(
     """Yields ``(path, stacked array)`` one leaf at a time; each is dropped before the next is built."""
     for spec in plan.specs:
         out = np.empty(spec.shape, _leaf_dtype(spec, plan, dtype))
-        for idx, key in spec.hf_keys():
+        if not spec.stack:
+            _fill_unstacked(spec, plan.sources[plan.prefix + spec.hf_keys()[0][1]], out)
+            if bar is not None:
+                bar.update(out.nbytes)
+        for idx, key in spec.hf_keys() if spec.stack else ():
             piece = spec.to_canonical(read_tensor(plan.sources[plan.prefix + key]))
             out[idx] = piece  # numpy casts when --dtype asks for another dtype
             if bar is not None:
                 bar.update(piece.nbytes)
+            del piece
         yield spec.path, out
         del out
+
+
+def _fill_unstacked(spec: LeafSpec, info: TensorInfo, out: np.ndarray) -> None:
+    """Fills an unstacked leaf without a second full-size temporary (embedding and lm_head are large)."""
+    if spec.kind == "copy" and out.dtype == info.dtype:
+        read_into(info, out)  # same elements in the same order: read straight into place
+    elif spec.kind in ("copy", "T") and len(info.shape) == 2:
+        rows = max(1, BLOCK_BYTES // (info.nbytes // info.shape[0]))
+        for start in range(0, info.shape[0], rows):
+            block = read_rows(info, start, min(start + rows, info.shape[0]))
+            if spec.kind == "T":
+                out[:, start : start + len(block)] = block.T
+            else:
+                out[start : start + len(block)] = block
+    else:
+        out[...] = spec.to_canonical(read_tensor(info))
 
 
 def hf_to_orbax(
@@ -179,7 +204,8 @@ def hf_to_orbax(
     staging.mkdir(parents=True)
     bar = progress(None, total=total, desc="hf-to-orbax", unit="B") if show_progress else None
     try:
-        write_params(staging / PARAMS_DIR, build_leaves(plan, cast, bar))
+        stacked = {spec.path: tuple(range(len(spec.stack))) for spec in plan.specs}
+        write_params(staging / PARAMS_DIR, build_leaves(plan, cast, bar), shard_axes=stacked.__getitem__)
     finally:
         if bar is not None:
             bar.close()

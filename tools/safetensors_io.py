@@ -151,6 +151,21 @@ def read_into(info: TensorInfo, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def read_rows(info: TensorInfo, start: int, stop: int) -> np.ndarray:
+    """Reads rows ``start:stop`` of a tensor's first axis (contiguous on disk) into a new array."""
+    row_shape = info.shape[1:]
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * info.dtype.itemsize
+    part = TensorInfo(
+        info.name,
+        info.file,
+        info.dtype,
+        (stop - start, *row_shape),
+        info.offset + start * row_bytes,
+        (stop - start) * row_bytes,
+    )
+    return read_tensor(part)
+
+
 def read_tensor(info: TensorInfo) -> np.ndarray:
     """Reads one tensor into a new array of its own dtype and shape."""
     return read_into(info, np.empty(info.shape, info.dtype))

@@ -23,7 +23,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ HF_LAYOUT_FILE = "hf_layout.json"
 COMPANION_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 WEIGHT_FILE_PATTERN = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*\.safetensors\.index\.json$")
 # Chunks of at most this size bound the memory Orbax/tensorstore use while writing one big leaf.
-WRITE_CHUNK_BYTES = 256 << 20
+WRITE_CHUNK_BYTES = 32 << 20
 
 PyTree = Any
 
@@ -72,15 +72,51 @@ def unflatten(leaves: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
     return tree
 
 
-def write_params(directory: str | Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> None:
+def _leaf_context(shard_axes: tuple[int, ...]):
+    """Orbax save options for one leaf, chosen so that writing it needs little memory beyond the leaf."""
+    import orbax.checkpoint.experimental.v1 as ocp1
+
+    context = ocp1.Context()
+    # The caller hands us each leaf and never mutates it, so the defensive deep copy would only double memory.
+    context.memory.deepcopy_host_arrays = False
+    # OCDBT buffers a whole array's encoded chunks until its transaction commits (a second copy of the
+    # leaf); plain zarr3 writes chunk files as they are encoded, so memory is bounded by chunks in flight.
+    context.array.saving.use_ocdbt = False
+    context.array.saving.storage_options.chunk_byte_size = WRITE_CHUNK_BYTES
+    # One chunk per stacked slice (layer, or layer x expert): contiguous chunks, and a restore sharded by
+    # layer or expert reads only its own chunks.
+    context.array.saving.storage_options.shard_axes = tuple(shard_axes)
+    # Weights barely compress (a few %), and zstd would make conversion CPU-bound.
+    context.array.saving.use_compression = False
+    return context
+
+
+def _release_freed_memory() -> None:
+    """Returns freed heap to the OS: tensorstore's write buffers otherwise stay in RSS after each leaf."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def write_params(
+    directory: str | Path,
+    leaves: Iterable[tuple[tuple[str, ...], Any]],
+    shard_axes: Callable[[tuple[str, ...]], tuple[int, ...]] | None = None,
+) -> None:
     """Writes an Orbax PyTree checkpoint at ``directory`` one leaf at a time.
+
+    Each leaf is written by its own Orbax partial save; `finalize` then merges them into one ordinary PyTree
+    checkpoint. Peak memory is one leaf plus the chunks in flight (`WRITE_CHUNK_BYTES` each).
 
     Args:
         directory: the checkpoint to create (must not exist).
         leaves: ``(path, array)`` pairs; each array may be dropped by the caller once the next is requested,
             so a generator that builds leaves lazily keeps only one in memory.
+        shard_axes: for a leaf path, the leading stacked axes to split storage chunks on (default: none).
     """
-    import orbax.checkpoint.experimental.v1 as ocp1
     from orbax.checkpoint.experimental.v1 import partial
 
     directory = Path(directory)
@@ -89,17 +125,17 @@ def write_params(directory: str | Path, leaves: Iterable[tuple[tuple[str, ...], 
     staging = directory.with_name(directory.name + ".staging")
     for leftover in (staging, staging.with_name(staging.name + ".partial_save")):
         shutil.rmtree(leftover, ignore_errors=True)  # an interrupted earlier attempt
-    context = ocp1.Context()
-    # The caller hands us each leaf and never mutates it, so the defensive deep copy would only double memory.
-    context.memory.deepcopy_host_arrays = False
-    context.array.saving.storage_options.chunk_byte_size = WRITE_CHUNK_BYTES
-    with context:
-        wrote = False
-        for path, value in leaves:
+    wrote = False
+    for path, value in leaves:
+        with _leaf_context(shard_axes(tuple(path)) if shard_axes else ()):
             partial.save(staging, _nest(tuple(path), value))
-            wrote = True
-        if not wrote:
-            raise ValueError("no parameters to save")
+        # Drop our reference before the generator builds the next leaf, so two never coexist.
+        del value
+        _release_freed_memory()
+        wrote = True
+    if not wrote:
+        raise ValueError("no parameters to save")
+    with _leaf_context(()):
         partial.finalize(staging)
     # The finalized partial save is a v1 checkpoint whose pytree lives in `state/`; that directory is an
     # ordinary PyTree checkpoint, which is what interface 6 puts at DIR/params.
