@@ -21,15 +21,16 @@ _SAVE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 def host_rss_bytes() -> dict[str, float]:
     """This process's resident memory now and at its peak (``host_rss``, ``host_rss_peak``); {} off Linux."""
-    import resource
-
+    fields = {"VmRSS": "host_rss", "VmHWM": "host_rss_peak"}
     out: dict[str, float] = {}
     try:
-        with open("/proc/self/statm") as f:
-            out["host_rss"] = float(int(f.read().split()[1]) * resource.getpagesize())
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in fields:
+                    out[fields[key]] = float(value.split()[0]) * 1024  # reported in kB
     except (OSError, IndexError, ValueError):
-        return out
-    out["host_rss_peak"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # KiB on Linux
+        return {}
     return out
 
 
