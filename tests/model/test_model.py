@@ -37,9 +37,10 @@ def test_encoder_token_count_formula():
     np.testing.assert_array_equal(encoder_token_count(np.array([100, 137])), [13, 18])
 
 
+@pytest.mark.parametrize("impl", ["ragged", "blocked"])
 @pytest.mark.parametrize("experts,top_k", [(8, 2), (6, 3), (4, 1)])
-def test_ragged_dispatch_equals_dense_reference(experts, top_k):
-    """Values and gradients of the sorted ragged_dot dispatch equal the every-expert reference."""
+def test_sparse_dispatch_equals_dense_reference(impl, experts, top_k):
+    """Values and gradients of the sorted dispatch paths equal the every-expert reference."""
     rng = np.random.default_rng(0)
     t, h, i = 37, 16, 8
     x = jnp.asarray(rng.standard_normal((t, h)), jnp.float32)
@@ -53,28 +54,36 @@ def test_ragged_dispatch_equals_dense_reference(experts, top_k):
         return fn(x, w, ids, gate, up, down)
 
     dense = jax.jit(run, static_argnums=0)(moe.experts_dense, x, gate, up, down, router)
-    ragged = jax.jit(run, static_argnums=0)(moe.experts_ragged, x, gate, up, down, router)
+    ragged = jax.jit(run, static_argnums=0)(moe.IMPLS[impl], x, gate, up, down, router)
     np.testing.assert_allclose(ragged, dense, atol=1e-5)
     grads = [
         jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(jnp.sin(run(fn, *a))), argnums=(0, 1, 2, 3, 4)))(
             x, gate, up, down, router
         )
-        for fn in (moe.experts_dense, moe.experts_ragged)
+        for fn in (moe.experts_dense, moe.IMPLS[impl])
     ]
     for gd, gr in zip(*grads, strict=True):
-        np.testing.assert_allclose(gr, gd, atol=1e-5)
+        np.testing.assert_allclose(gr, gd, atol=1e-5, rtol=1e-5)
     assert float(jnp.abs(grads[1][4]).sum()) > 0  # the router learns through the renormalised weights
 
 
-def test_ragged_dispatch_scales_with_top_k_not_experts():
-    """The grouped matmuls see T*k rows, whatever the number of experts (the dense path sees T*E)."""
-    x = jnp.ones((10, 4))
-    ids = jnp.zeros((10, 2), jnp.int32)
-    w = jnp.ones((10, 2))
-    big = jnp.ones((64, 4, 3))
-    jaxpr = jax.make_jaxpr(moe.experts_ragged)(x, w, ids, big, big, jnp.ones((64, 3, 4)))
+def test_sparse_dispatch_scales_with_top_k_not_experts():
+    """The grouped matmuls see T*k rows (blocked: plus E*BLOCK padding), not T*E like the dense path."""
+    t, k, e = 1000, 2, 64
+    x = jnp.ones((t, 4))
+    ids = jnp.zeros((t, k), jnp.int32)
+    w = jnp.ones((t, k))
+    gate, down = jnp.ones((e, 4, 3)), jnp.ones((e, 3, 4))
+    jaxpr = jax.make_jaxpr(moe.experts_ragged)(x, w, ids, gate, gate, down)
     shapes = [eqn.outvars[0].aval.shape for eqn in jaxpr.eqns if eqn.primitive.name == "ragged_dot_general"]
-    assert shapes and all(s[0] == 20 for s in shapes), shapes
+    assert len(shapes) == 3 and all(s[0] == t * k for s in shapes), shapes
+    jaxpr = jax.make_jaxpr(moe.experts_blocked)(x, w, ids, gate, gate, down)
+    rows = [
+        eqn.outvars[0].aval.shape[0] * eqn.outvars[0].aval.shape[1]
+        for eqn in jaxpr.eqns
+        if eqn.primitive.name == "dot_general" and len(eqn.outvars[0].aval.shape) == 3
+    ]
+    assert len(rows) == 3 and all(r <= t * k + e * moe.BLOCK for r in rows) and max(rows) < t * e // 10, rows
 
 
 def test_sharded_forward_equals_unsharded():

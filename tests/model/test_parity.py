@@ -99,9 +99,10 @@ def test_greedy_generation_matches_hf(name):
     np.testing.assert_array_equal(np.asarray(counts), [16, 16])
 
 
-def test_dense_reference_path_matches_hf():
-    model = golden_model("tiny_a", moe_impl="dense")
+@pytest.mark.parametrize("impl", ["dense", "ragged", "blocked"])
+def test_every_moe_path_matches_hf(impl):
+    model = golden_model("tiny_a", moe_impl=impl)
     batch = av_batch("tiny_a")
     out = forward(model, batch)
     mask = batch["token_mask"]
-    assert_close(np.asarray(out.logits)[mask], reference("tiny_a")["av/logits"][mask], what="dense logits")
+    assert_close(np.asarray(out.logits)[mask], reference("tiny_a")["av/logits"][mask], what=f"{impl} logits")

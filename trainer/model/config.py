@@ -128,10 +128,11 @@ class ModelConfig(Frozen):
     compute_dtype: DType = Field(
         "float32", description="Dtype of matmuls and activations (norms, softmax, router and loss stay fp32)."
     )
-    moe_impl: Literal["ragged", "dense"] = Field(
-        "ragged",
-        description="Expert dispatch: 'ragged' sorts tokens by expert and runs grouped matmuls (cost scales "
-        "with top-k); 'dense' runs every expert on every token (reference for tests only).",
+    moe_impl: Literal["auto", "ragged", "blocked", "dense"] = Field(
+        "auto",
+        description="Expert dispatch: 'ragged' (jax.lax.ragged_dot grouped matmuls, native on TPU/GPU) and "
+        "'blocked' (block-padded groups, the CPU path) sort tokens by expert so cost scales with top-k; "
+        "'dense' runs every expert on every token (test reference); 'auto' = ragged on TPU/GPU, blocked on CPU.",
     )
     remat_policy: Literal["none", "full", "dots", "dots_no_batch"] = Field(
         "none",

@@ -42,7 +42,7 @@ class DecoderLayers(nnx.Module):
 class TextModel(nnx.Module):
     """`model`: embed_tokens, layers, norm."""
 
-    def __init__(self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, moe_impl="ragged", remat="none"):
+    def __init__(self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, moe_impl="auto", remat="none"):
         self.cfg = cfg
         self.remat = remat
         self.embed_tokens = Embed(

@@ -1,10 +1,18 @@
 """The sparse MoE block: softmax router, top-k with renormalised weights, SwiGLU experts, no shared expert.
 
-Two dispatch paths compute the same function:
-* `ragged` (default): each (token, choice) pair is sorted by expert and the experts run as grouped matmuls
-  (`jax.lax.ragged_dot`), so the work is tokens * top_k expert MLPs, independent of the number of experts.
+Three dispatch paths compute the same function. The sparse ones sort the T*k (token, choice) pairs by
+expert, run grouped matmuls and scatter the results back, so the work is tokens * top_k expert MLPs:
+* `ragged`: `jax.lax.ragged_dot`, the native grouped matmul on TPU and GPU. (On CPU, XLA lowers it to a
+  masked dense product over every expert, so it is not used there.)
+* `blocked`: each expert's group is padded to a multiple of `BLOCK` rows and every block runs one matmul
+  against its expert's weights (gathered per block); work = (T*k + E*BLOCK) rows. The CPU path.
 * `dense`: every expert runs on every token and the outputs are mixed with the (mostly zero) routing
   weights. Cost scales with the number of experts; it exists as the reference for tests.
+`auto` (the default) picks `ragged` on TPU/GPU and `blocked` on CPU.
+
+The expert axis of the weights carries the logical name `expert` (mesh axis `expert`); under GSPMD the
+grouped matmuls then run on the gathered expert weights. A shard_map all-to-all expert-parallel dispatch
+is future work for the 30B plan.
 """
 
 from __future__ import annotations
@@ -76,11 +84,57 @@ def experts_ragged(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
     return jnp.zeros_like(x_th).at[token_of].add(y * w_sorted[:, None])
 
 
+BLOCK = 16
+
+
+def _blocked_matmul(x_mh, w_ehi, group_sizes, block: int = BLOCK):
+    """Grouped matmul: rows of x sorted by group; row r of group e gets x[r] @ w[e]. [M, I]."""
+    m, h = x_mh.shape
+    e = w_ehi.shape[0]
+    padded = (group_sizes + block - 1) // block * block
+    padded_end = jnp.cumsum(padded)
+    padded_start = padded_end - padded
+    start = jnp.cumsum(group_sizes) - group_sizes
+    n_blocks = (m + e * (block - 1)) // block + 1  # static upper bound on the padded row count / block
+    row_group = jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(m), side="right")
+    dest = padded_start[row_group] + jnp.arange(m) - start[row_group]
+    xp = jnp.zeros((n_blocks * block, h), x_mh.dtype).at[dest].set(x_mh)
+    block_group = jnp.minimum(jnp.searchsorted(padded_end, jnp.arange(n_blocks) * block, side="right"), e - 1)
+    yp = jnp.einsum("bmh,bhi->bmi", xp.reshape(n_blocks, block, h), jnp.take(w_ehi, block_group, axis=0))
+    return jnp.take(yp.reshape(n_blocks * block, -1), dest, axis=0)
+
+
+def experts_blocked(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
+    """Sorted dispatch with block-padded groups (see module docstring). [T, H]."""
+    k = ids_tk.shape[1]
+    e = gate_ehi.shape[0]
+    flat_ids = ids_tk.reshape(-1)
+    order = jnp.argsort(flat_ids, stable=True)
+    token_of = order // k
+    x_sorted = jnp.take(x_th, token_of, axis=0)
+    group_sizes = jnp.bincount(flat_ids, length=e).astype(jnp.int32)
+    g = _blocked_matmul(x_sorted, gate_ehi, group_sizes)
+    u = _blocked_matmul(x_sorted, up_ehi, group_sizes)
+    y = _blocked_matmul(jax.nn.silu(g) * u, down_eih, group_sizes)
+    w_sorted = jnp.take(weights_tk.reshape(-1), order).astype(y.dtype)
+    return jnp.zeros_like(x_th).at[token_of].add(y * w_sorted[:, None])
+
+
+def pick_impl(impl: str) -> str:
+    """Resolves `auto` by backend: ragged_dot where it is native (TPU/GPU), blocked on CPU."""
+    if impl != "auto":
+        return impl
+    return "blocked" if jax.default_backend() == "cpu" else "ragged"
+
+
+IMPLS = {"ragged": experts_ragged, "blocked": experts_blocked, "dense": experts_dense}
+
+
 class SparseMoE(nnx.Module):
     """`mlp` of a decoder layer: `gate` (router) + `experts`."""
 
     def __init__(
-        self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, impl="ragged", stack=(), stack_axes=()
+        self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, impl="auto", stack=(), stack_axes=()
     ):
         self.top_k = cfg.num_experts_per_tok
         self.norm_topk_prob = cfg.norm_topk_prob
@@ -101,7 +155,7 @@ class SparseMoE(nnx.Module):
         logits = jnp.dot(x.astype(jnp.float32), self.gate.kernel[...].astype(jnp.float32))
         probs, weights, ids = route(logits, self.top_k, self.norm_topk_prob)
         weights = weights.astype(dt)
-        fn = experts_ragged if self.impl == "ragged" else experts_dense
+        fn = IMPLS[pick_impl(self.impl)]
         out = fn(
             x,
             weights,
