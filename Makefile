@@ -83,3 +83,9 @@ plan-30b: setup
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/frozen_audio_fsdp16.json train.global_batch_size=32 'train.freeze=[audio_encoder]'
 	$(PLAN_30B) --mesh fsdp=4,expert=4 --json build/plans/frozen_audio_fsdp4_expert4.json train.global_batch_size=32 'train.freeze=[audio_encoder]'
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_fp32_fsdp16.json train.global_batch_size=32 train.precision.param_dtype=float32
+
+# PNG snapshots of the Grafana dashboards (docs/img/) from a fresh tiny training run + loaded server scraped
+# by a local Prometheus (tools/monitoring_stack.py; a few minutes on CPU).
+.PHONY: dashboards-png
+dashboards-png: setup
+	$(PY) -m tools.dashboard_snapshot --live --out-dir docs/img
