@@ -22,14 +22,16 @@ from tools.images.report import StepFailed, say
 
 BASE_KEY_LABEL = "sawt.ci.base-key"
 # Bump when the recipe below changes, so that a cached base is rebuilt.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 # What the official slim image has besides the interpreter's own libraries.
 BASE_PACKAGES = ("ca-certificates", "netbase", "tzdata")
-# Parts of a CPython install that the official slim image leaves out (tests, GUI toolkits) or that belong to
-# this machine only (site-packages other than pip, scripts whose #! names the pyenv path).
-_SKIP_LIB_DIRS = {"test", "idlelib", "tkinter", "turtledemo", "__pycache__"}
+# Parts of a CPython install that the official image deletes too (test suites, byte code, the static
+# libpython), GUI modules whose Tk libraries the slim image lacks, and what belongs to this machine only
+# (site-packages other than pip; scripts whose #! names the pyenv path).
+_SKIP_DIRS_ANYWHERE = {"test", "tests", "idle_test", "__pycache__"}
+_SKIP_STDLIB_DIRS = {"idlelib", "tkinter", "turtledemo"}
 
 
 def find_python312(pyenv_root: Path = Path.home() / ".pyenv") -> Path:
@@ -145,14 +147,17 @@ def base_key(codename: str, mirror: str, python_prefix: Path, python_version: st
 
 
 def _copy_python(prefix: Path, usr_local: Path) -> None:
+    stdlib = prefix / "lib" / "python3.12"
+
     def ignore(directory: str, names: list[str]) -> set[str]:
         here = Path(directory)
-        skipped = set()
-        if here == prefix / "lib" / "python3.12":
-            skipped |= _SKIP_LIB_DIRS & set(names)
-        if here == prefix / "lib" / "python3.12" / "site-packages":
+        skipped = {n for n in names if n in _SKIP_DIRS_ANYWHERE and (here / n).is_dir()}
+        skipped |= {n for n in names if n.endswith((".pyc", ".pyo")) or re.fullmatch(r"libpython.*\.a", n)}
+        if here == stdlib:
+            skipped |= _SKIP_STDLIB_DIRS & set(names)
+        if here == stdlib / "site-packages":
             skipped |= {n for n in names if not (n == "pip" or n.startswith("pip-"))}
-        if here == prefix / "lib" / "python3.12" / "lib-dynload":
+        if here == stdlib / "lib-dynload":
             skipped |= {n for n in names if n.startswith("_tkinter")}
         return skipped
 
