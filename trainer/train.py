@@ -355,6 +355,12 @@ def _train(
             f"train.global_batch_size={cfg.train.global_batch_size} does not split over {pc} processes"
         )
     rows = cfg.train.global_batch_size // pc
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if cfg.train.global_batch_size % batch_ways:
+        raise configlib.ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size} does not split over the "
+            f"{batch_ways} devices of the batch axes (mesh data x fsdp x expert)"
+        )
 
     program = build_program(cfg, backend, mesh)
     abstract_state, shardings, tx = program.abstract_state, program.shardings, program.tx
