@@ -264,6 +264,10 @@ def test_from_hf_config_names_missing_key():
     with pytest.raises(ConfigError, match=r"text_config\.num_experts"):
         ModelConfig.from_hf_config(hf)
     assert golden_config("tiny_b").audio.window_tokens == 52  # n_window_infer 400 -> 4 chunks of 13
+    hf = json.loads((GOLDENS / "tiny_a" / "config.json").read_text())
+    hf["text_config"]["mlp_only_layers"] = [1]
+    with pytest.raises(ConfigError, match="dense layers"):
+        ModelConfig.from_hf_config(hf)
 
 
 @pytest.mark.slow

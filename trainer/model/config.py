@@ -182,6 +182,10 @@ class ModelConfig(Frozen):
         heads = need(text, "num_attention_heads", "text_config")
         # HF falls back to hidden/heads when head_dim is absent; the real checkpoint sets it explicitly.
         head_dim = text.get("head_dim") or need(text, "hidden_size", "text_config") // heads
+        if text.get("mlp_only_layers") or text.get("decoder_sparse_step", 1) != 1:
+            raise ConfigError(
+                "HF config: dense layers (mlp_only_layers / decoder_sparse_step) are not supported"
+            )
         if thinker.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
             raise ConfigError("HF config: tie_word_embeddings=true is not supported (the thinker is untied)")
         eos = text.get("eos_token_id", thinker.get("eos_token_id"))
