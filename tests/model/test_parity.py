@@ -106,3 +106,23 @@ def test_every_moe_path_matches_hf(impl):
     out = forward(model, batch)
     mask = batch["token_mask"]
     assert_close(np.asarray(out.logits)[mask], reference("tiny_a")["av/logits"][mask], what=f"{impl} logits")
+
+
+def test_data_pipeline_log_mel_feeds_the_encoder_like_hf():
+    """Engineer B's `log_mel` (the loader's features) vs HF WhisperFeatureExtractor, then through our encoder."""
+    from tools.hf_reference.make_goldens import CLIP_SECONDS, waveform
+    from trainer.data.audio import log_mel
+
+    model = golden_model("tiny_a")
+    ref = reference("tiny_a")
+    mels = {clip: log_mel(waveform(CLIP_SECONDS[clip])) for clip in CLIP_ORDER}
+    for clip, m in mels.items():
+        assert_close(m, mel(clip), 1e-4, f"{clip} log_mel vs WhisperFeatureExtractor")
+    width = max(m.shape[1] for m in mels.values())
+    width = -(-width // 100) * 100
+    batch = np.stack([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in mels.values()])
+    frames = np.array([m.shape[1] for m in mels.values()], np.int32)
+    feats, _ = nnx.jit(lambda m, x, n: m.audio_tower(x, n))(model, batch, frames)
+    for b, clip in enumerate(CLIP_ORDER):
+        want = ref[f"{clip}/encoder"]
+        assert_close(feats[b, : want.shape[0]], want, 1e-4, f"encoder on log_mel features, {clip}")
