@@ -115,7 +115,10 @@ class CheckpointConfig(Frozen):
         "buckets). auto: commit_file for gs:// and FUSE mounts, rename otherwise.",
     )
     sigterm_grace_seconds: float = Field(
-        25.0, gt=0, description="After SIGTERM, save at the next step boundary if one comes within this long."
+        25.0,
+        gt=0,
+        description="After SIGTERM, save at the next step boundary if one comes within this long; otherwise "
+        "exit 42 without a new checkpoint. Keep it below the pod's terminationGracePeriodSeconds minus a save.",
     )
 
 

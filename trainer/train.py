@@ -185,10 +185,17 @@ def to_global(mesh: Mesh, local: dict[str, Any]) -> dict[str, jax.Array]:
 
 
 class Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary (all processes agree on which)."""
+    """SIGTERM sets a flag; the loop saves at the next step boundary (all processes agree on which).
 
-    def __init__(self) -> None:
+    If no step boundary comes within ``grace_seconds`` (a stuck input, a long evaluation), the process exits
+    42 without a new checkpoint rather than wait for the SIGKILL: resume then starts from the previous
+    complete checkpoint, which is safe because checkpoints commit atomically.
+    """
+
+    def __init__(self, grace_seconds: float = 25.0) -> None:
         self.requested_at: float | None = None
+        self.grace_seconds = grace_seconds
+        self.saving = False
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -198,6 +205,19 @@ class Preemption:
         if self.requested_at is None:
             self.requested_at = time.monotonic()
             print("SIGTERM: will save a checkpoint at the next step boundary and exit 42", flush=True)
+            timer = threading.Timer(self.grace_seconds, self._expire)
+            timer.daemon = True
+            timer.start()
+
+    def _expire(self) -> None:
+        if not self.saving:
+            print(
+                f"SIGTERM: no step boundary within {self.grace_seconds:g} s; exiting {EXIT_PREEMPTED} without "
+                "a new checkpoint (resume uses the last complete one)",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(EXIT_PREEMPTED)
 
     def agreed(self) -> bool:
         """True on every process once any process got SIGTERM (a tiny all-gather when multi-process)."""
@@ -324,7 +344,7 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if primary:
         atomic_write_text(run_dir / "config.yaml", configlib.dump(cfg))
-    preemption = Preemption()
+    preemption = Preemption(cfg.checkpoint.sigterm_grace_seconds)
     preemption.install()
 
     metrics = TrainMetrics(pi)
@@ -505,6 +525,7 @@ def _train(
             if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.steps:
                 wer = evaluate(step)
             if preemption.agreed():
+                preemption.saving = True
                 save(step, wer, wait=True)
                 exit_code = EXIT_PREEMPTED
                 break

@@ -149,6 +149,13 @@ class _EvalData(StandinData):
         return batch
 
 
+def load_params(path: str) -> dict[str, Any]:
+    """Params of a model checkpoint, run dir or step dir, through trainer.model_checkpoint's resolver."""
+    from trainer.model_checkpoint import PARAMS_DIR, read_params, resolve_checkpoint, unflatten
+
+    return unflatten(read_params(resolve_checkpoint(path) / PARAMS_DIR))
+
+
 def backend(cfg: Any) -> Any:
     from trainer.train import Backend
 
@@ -164,5 +171,6 @@ def backend(cfg: Any) -> Any:
         model_config=model_config(),
         make_data=make_data,
         generate=lambda p, b, n: generate(p, b),
+        load_params=load_params,
         detokenize=detokenize,
     )

@@ -190,3 +190,25 @@ def test_dead_peer_makes_the_others_exit_nonzero(tmp_path):
     procs[1].kill()
     code, out = finish(procs[0], timeout=180)
     assert code != 0, out
+
+
+def test_load_from_a_run_dir_starts_from_its_params(tmp_path):
+    """load_from= resolves a run dir to its latest step (C2's resolver) and starts from those params."""
+    first = tmp_path / "first"
+    code, out = finish(sawt_train(first, "train.steps=3", "checkpoint.every=100"))
+    assert code == 0, out
+    second = tmp_path / "second"
+    code, out = finish(
+        sawt_train(
+            second,
+            "train.steps=1",
+            f"load_from={first}",
+            "optimizer.learning_rate=1e-12",
+            "optimizer.warmup_steps=0",
+        )
+    )
+    assert code == 0, out
+    assert "loaded parameters from" in out
+    a, b = final_params(first, 3), final_params(second, 1)
+    for key in a:
+        np.testing.assert_allclose(np.asarray(b[key]), np.asarray(a[key]), rtol=0, atol=1e-6)
