@@ -8,7 +8,8 @@ EPILOG = """\
 examples:
   sawt train --config tiny --run-dir runs/tiny train.steps=50
   sawt train --config small --run-dir runs/small --local-processes 2 data.dir=build/demo/arrayrecord
-  sawt train --config qwen3-omni-30b-a3b --run-dir gs://bucket/runs/ft1 load_from=gs://bucket/models/omni
+  sawt train --config qwen3-omni-30b-a3b --run-dir /data/runs/ft1 \
+      checkpoint.dir=gs://bucket/runs/ft1/checkpoints load_from=/models/qwen3-omni-orbax
 
 Re-running with the same --run-dir resumes from its latest complete checkpoint. Exit code 42 means
 "preempted (SIGTERM), checkpoint saved: restart me"; see docs/training.md.
@@ -55,6 +56,11 @@ def _run(args: argparse.Namespace) -> int:
         if "=" not in item:
             raise UsageError(f"override {item!r} is not of the form key=value")
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    if "://" in run_dir:
+        raise UsageError(
+            f"--run-dir {run_dir}: must be a local or mounted path (logs, summary); put checkpoints on GCS "
+            "with checkpoint.dir=gs://..."
+        )
     if args.local_processes < 1:
         raise UsageError("--local-processes must be >= 1")
     if args.local_processes > 1 and "SAWT_COORDINATOR" not in os.environ:
