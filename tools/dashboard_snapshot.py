@@ -135,11 +135,12 @@ def render(title: str, panels: list[PanelData], start: float, out: Path, subtitl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # The x axis starts at the first sample of any panel: a run's start-up (imports, compiling) shows nothing.
-    firsts = [s.times[0] for panel in panels for _, s in panel.lines if s.times]
-    lasts = [s.times[-1] for panel in panels for _, s in panel.lines if s.times]
-    origin = min(firsts, default=start)
-    span = max(max(lasts, default=origin) - origin, 1.0)
+    # The x axis starts where the first series starts to move: before that (a process importing and
+    # compiling) every chart would be flat or empty.
+    series = [s for panel in panels for _, s in panel.lines if s.times]
+    moving = [s.times[0] for s in series if len({v for v in s.values if math.isfinite(v)}) > 1]
+    origin = min(moving or [s.times[0] for s in series] or [start])
+    span = max(max((s.times[-1] for s in series), default=origin) - origin, 1.0)
     rows = -(-len(panels) // COLUMNS)
     fig, axes = plt.subplots(rows, COLUMNS, figsize=(4.2 * COLUMNS, 2.7 * rows + 0.8), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
@@ -172,10 +173,11 @@ def render(title: str, panels: list[PanelData], start: float, out: Path, subtitl
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("seconds", fontsize=8)
-    fig.suptitle(title, fontsize=14, x=0.01, ha="left")
+    height = fig.get_figheight()  # inches: the header keeps the same size whatever the number of rows
+    fig.text(0.01, 1 - 0.3 / height, title, fontsize=14, va="center")
     if subtitle:
-        fig.text(0.01, 1 - 0.45 / fig.get_figheight(), subtitle, fontsize=9, color="gray")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
+        fig.text(0.01, 1 - 0.55 / height, subtitle, fontsize=9, color="gray", va="center")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
