@@ -101,9 +101,10 @@ class Checkpointer:
         policies: list[Any] = [ocp.checkpoint_managers.preservation_policy.LatestN(n=cfg.keep_last)]
         if cfg.keep_best > 0:
             policies.append(
+                # BestN keeps the *last* n after sorting, so lowest-WER-best needs a descending sort.
                 ocp.checkpoint_managers.preservation_policy.BestN(
                     get_metric_fn=lambda m: m["wer"],
-                    reverse=False,
+                    reverse=True,
                     n=cfg.keep_best,
                     keep_checkpoints_without_metrics=False,
                 )
