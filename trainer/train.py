@@ -390,6 +390,7 @@ def _train(
     checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint)
     data = backend.make_data("train", pi, pc, rows)
     latest = checkpointer.latest_step()
+    resumed_loss: float | None = None
     if latest is not None:
         restored, meta = checkpointer.restore(latest, abstract_state)
         state = {
@@ -406,6 +407,7 @@ def _train(
                 "the data-iterator state cannot be split differently"
             )
         data.set_state(data_states[pi])
+        resumed_loss = meta.get("loss")
         metrics.resumes.labels(metrics.process).inc()
         log.write({"event": "resume", "step": latest}, f"resumed from {checkpointer.step_dir(latest)}")
     else:
@@ -436,7 +438,7 @@ def _train(
     peak_flops = _peak_flops(cfg) if backend.flops_per_step else None
     exit_code = 0
     last_saved = latest
-    last_loss = float("nan")
+    last_loss = resumed_loss
 
     def save(at: int, wer: float | None = None, wait: bool = False) -> None:
         nonlocal last_saved
@@ -446,6 +448,7 @@ def _train(
             "rng": np.asarray(jax.device_get(state["rng"])).tolist(),
             "nonfinite_in_a_row": int(jax.device_get(state["nonfinite_in_a_row"])),
             "nonfinite_total": int(jax.device_get(state["nonfinite_total"])),
+            "loss": last_loss,
             "data_states": _gather_json(data.get_state()),
             "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
         }

@@ -106,6 +106,7 @@ def test_checkpoint_round_trip_and_resume_continues(tmp_path):
     assert code == 0, out
     assert "resumed from" in out
     assert summary(tmp_path)["params_sha256"] == first["params_sha256"]
+    assert summary(tmp_path)["final_loss"] == first["final_loss"]
 
 
 def test_sigterm_saves_and_exits_42_then_resume_matches(tmp_path):
