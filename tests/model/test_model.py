@@ -24,6 +24,7 @@ from trainer.config import load_experiment
 from trainer.data.audio import encoder_token_count
 from trainer.model import hf_names, moe, sharding
 from trainer.model.config import ModelConfig
+from trainer.model.generate import greedy_generate
 from trainer.model.loss import thinker_loss
 from trainer.model.params import abstract_param_tree, flatten, load_param_tree, param_tree
 from trainer.model.rope import apply_rope, rope_angles
@@ -299,3 +300,15 @@ def test_bf16_compute_stays_close_to_fp32():
     mask = batch["token_mask"]
     assert np.isfinite(logits[mask]).all()
     assert np.abs(logits[mask] - reference("tiny_b")["av/logits"][mask]).mean() < 0.1
+
+
+def test_greedy_generate_rejects_left_padded_prompts():
+    model = Thinker(ModelConfig(), rngs=nnx.Rngs(0))
+    mask = np.array([[False, True, True]])
+    batch = {
+        "input_ids": np.array([[0, 11, 12]], np.int32),
+        "token_mask": mask,
+        "positions": np.array([[0, 0, 1]]),
+    }
+    with pytest.raises(ValueError, match="left-aligned"):
+        greedy_generate(model, batch, 4)

@@ -22,7 +22,7 @@ from flax import nnx
 
 from trainer.model.config import ModelConfig
 from trainer.model.layers import _dtype
-from trainer.model.thinker import Thinker, check_audio_placeholders
+from trainer.model.thinker import Thinker, _is_concrete, check_audio_placeholders
 
 
 class KVCache(NamedTuple):
@@ -161,14 +161,16 @@ def greedy_generate(
     """
     cfg = model.config
     stops = tuple(cfg.tokens.eos_token_ids if stop_ids is None else stop_ids)
-    ids = np.asarray(batch["input_ids"])
-    mask = np.asarray(batch["token_mask"]).astype(bool)
-    if not isinstance(batch["input_ids"], jax.core.Tracer):
+    width = batch["input_ids"].shape[1]
+    # Host checks need the whole batch on this process; a multi-host global batch skips them (the
+    # in-graph guard still poisons bad rows).
+    if all(_is_concrete(v) for k, v in batch.items() if k != "meta" and v is not None):
+        mask = np.asarray(batch["token_mask"]).astype(bool)
         check_audio_placeholders(batch, cfg)
         # Left-aligned rows: no valid token after the first pad.
         if np.any(mask[:, 1:] & ~mask[:, :-1]):
             raise ValueError("greedy_generate needs left-aligned prompts (valid tokens first, then padding)")
-    max_len = max_len or ids.shape[1] + max_new_tokens
+    max_len = max_len or width + max_new_tokens
     arrays = {k: v for k, v in batch.items() if k != "meta" and v is not None}
     graphdef, state = nnx.split(model)
     return _generate_jit(graphdef, state, arrays, max_new_tokens, max_len, stops, cfg.tokens.pad_token_id)

@@ -42,7 +42,10 @@ class AudioPlaceholderError(ValueError):
 
 
 def _is_concrete(x: Any) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
+    """True when the host can read x: not traced, and (for a jax.Array) all of it on this process."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return False
+    return not isinstance(x, jax.Array) or x.is_fully_addressable
 
 
 def check_audio_placeholders(batch: dict, config: ModelConfig) -> None:
