@@ -53,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             facts = host_facts()
             say(f"    {facts.describe()}")
+            if not facts.is_root:
+                raise HostError("this step runs rootful podman (and debootstrap) and needs root")
             ensure_tools(facts)
             podman = Podman(args.work_dir, facts)
             podman.write_config()
             podman.run("info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}", timeout=60)
-        except HostError as err:
+        except StepFailed as err:  # HostError included
             banner(
                 "THIS HOST CANNOT BUILD OR RUN CONTAINERS, so the images were NOT built or tested. "
                 "Set SAWT_SKIP_IMAGES=1 to skip this step on purpose."
