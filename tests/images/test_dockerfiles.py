@@ -308,3 +308,15 @@ def test_dockerignore_lets_in_everything_the_dockerfile_copies(name):
                     assert not dockerignored(rel, patterns), (
                         f"{name}: COPY {source} but .dockerignore drops {rel}"
                     )
+
+
+def test_cloudbuild_builds_both_dockerfiles_trainer_first():
+    import yaml
+
+    config = yaml.safe_load((REPO / "images" / "cloudbuild.yaml").read_text())
+    dockerfiles = [step["args"][step["args"].index("-f") + 1] for step in config["steps"]]
+    assert dockerfiles == ["images/trainer.Dockerfile", "images/server.Dockerfile"]
+    assert all((REPO / d).is_file() for d in dockerfiles)
+    used = set(re.findall(r"\$\{(_[A-Z_]+)\}", (REPO / "images" / "cloudbuild.yaml").read_text()))
+    assert used <= set(config["substitutions"])  # Cloud Build rejects undeclared substitutions
+    assert config["steps"][1]["waitFor"] == ["trainer"]
