@@ -45,14 +45,20 @@ class Row:
     panels: tuple[Panel, ...] = field(default_factory=tuple)
 
 
-def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.99)) -> tuple[Target, ...]:
-    """p50/p99 (or other quantiles) of a histogram, summed over processes and pods."""
+def quantiles(
+    metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.99), name: str = ""
+) -> tuple[Target, ...]:
+    """p50/p99 (or other quantiles) of a histogram, summed over processes and pods.
+
+    ``name`` prefixes the legend, for panels that show quantiles of several histograms.
+    """
     group = f"le, {by}" if by else "le"
     legend_by = f" {{{{{by}}}}}" if by else ""
+    prefix = f"{name} " if name else ""
     return tuple(
         Target(
             f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket[{RATE}])))",
-            f"p{round(q * 100)}{legend_by}",
+            f"{prefix}p{round(q * 100)}{legend_by}",
         )
         for q in qs
     )
@@ -218,9 +224,9 @@ def _inference_rows() -> tuple[Row, ...]:
                 Panel(
                     "Queue, prefill and decode time (p99)",
                     (
-                        *quantiles("sawt_request_queue_time_seconds", qs=(0.99,)),
-                        *quantiles("sawt_request_prefill_time_seconds", qs=(0.99,)),
-                        *quantiles("sawt_request_decode_time_seconds", qs=(0.99,)),
+                        *quantiles("sawt_request_queue_time_seconds", qs=(0.99,), name="queue"),
+                        *quantiles("sawt_request_prefill_time_seconds", qs=(0.99,), name="prefill"),
+                        *quantiles("sawt_request_decode_time_seconds", qs=(0.99,), name="decode"),
                     ),
                     unit="s",
                 ),
