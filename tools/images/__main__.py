@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "trainer: SIGTERM -> 42": ["trainer: train 2 steps"],
         "server: ready + transcribe + drain": ["server: start"],
     }
-    work = smoke.SmokeRun(podman, report, args.timeout) if podman else None
+    work = smoke.SmokeRun(podman, args.timeout) if podman else None
     actions = {
         "base": lambda: say(
             f"    {base.ensure_base(podman, podman.facts, base.base_image_name(smoke.TRAINER_DOCKERFILE))}"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tools.images.host import Podman, tail
-from tools.images.report import Report, StepFailed, StepNotRunnable, say
+from tools.images.report import StepFailed, StepNotRunnable, say
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER_DOCKERFILE = REPO / "images" / "trainer.Dockerfile"
@@ -114,9 +114,8 @@ def require_module(podman: Podman, image: str, module: str, what: str) -> None:
 class SmokeRun:
     """The smoke steps, sharing one work folder mounted at /data in every container."""
 
-    def __init__(self, podman: Podman, report: Report, timeout: float) -> None:
+    def __init__(self, podman: Podman, timeout: float) -> None:
         self.podman = podman
-        self.report = report
         self.timeout = timeout
         self.data = podman.work_dir / "smoke"
         self.server_name: str | None = None
