@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -198,8 +197,3 @@ def build_app(
         GuardMiddleware, max_body_bytes=config.max_body_bytes, api_key=api_key, metrics=metrics
     )
     return app
-
-
-def describe(config: ServerConfig) -> dict[str, Any]:
-    """Settings worth logging at start-up (never the API key)."""
-    return config.model_dump()
