@@ -245,8 +245,11 @@ def speech_clips(data_dir: Path) -> list[bytes]:
     return clips
 
 
-def drive_load(url: str, clips: list[bytes], rounds: int, keep_going: Callable[[], bool]) -> dict[str, int]:
-    """Sends rounds of requests through the `openai` client until ``rounds`` are done and not keep_going().
+def drive_load(
+    url: str, clips: list[bytes], rounds: int, keep_going: Callable[[], bool], max_seconds: float = 600.0
+) -> dict[str, int]:
+    """Sends rounds of requests through the `openai` client until ``rounds`` are done and not keep_going()
+    (or ``max_seconds`` have passed: a hung training run must not keep the load going forever).
 
     Each round: three plain and one streamed transcription at once (more than the two decode slots, so
     requests queue and get batched), then two requests the server must refuse: an unknown model (404) and a
@@ -266,8 +269,8 @@ def drive_load(url: str, clips: list[bytes], rounds: int, keep_going: Callable[[
         except BaseException as err:  # reported by the caller's thread
             errors.append(err)
 
-    done = 0
-    while done < rounds or keep_going():
+    done, deadline = 0, time.monotonic() + max_seconds
+    while done < rounds or (keep_going() and time.monotonic() < deadline):
         clip = clips[done % len(clips)]
         threads = [threading.Thread(target=plain, args=(clips[(done + i) % len(clips)],)) for i in range(3)]
         for thread in threads:
@@ -373,7 +376,8 @@ def live_stack(
             _wait(ready, server, cfg.startup_timeout_s, "sawt serve", serve_log)
             say("server ready; sending requests while the training run goes on")
             training = lambda: trainer.poll() is None  # noqa: E731
-            requests = drive_load(serve_url, speech_clips(data_dir), cfg.min_load_rounds, training)
+            clips = speech_clips(data_dir)
+            requests = drive_load(serve_url, clips, cfg.min_load_rounds, training, cfg.startup_timeout_s)
             say(f"load done ({requests}); waiting for the training run to finish")
             try:
                 code = trainer.wait(cfg.startup_timeout_s)
