@@ -21,6 +21,12 @@ length CRC or a truncated file loses the rest of that shard (nothing after it ca
 counts as one skipped entry under its reason, with the bytes lost in its detail. Nothing is dropped
 without being counted.
 
+``--num-shards N --shard-index I`` splits one conversion over N processes or pods (a Kubernetes Indexed
+Job): process I converts the sorted source shards i with ``i % N == I``. Every process then finalises if,
+and only if, every source shard has a finished, verified sidecar; otherwise it names the shards still
+pending and exits 0, so the last one to finish writes the outputs below. Finalisation reads only the
+sidecars, so it is idempotent: concurrent finalisers write identical files, each atomically.
+
 At the end the converter writes (atomically) ``DST/manifest.json`` (see tools/manifest.py),
 ``DST/quarantine.jsonl`` and, per split directory, ``index.npz``: ``duration`` (float32 s, =
 audio_len / sample_rate), ``source_id`` (int32) and ``sources`` (the dataset names), one row per record in
@@ -382,6 +388,29 @@ def _run_jobs(jobs: list[ShardJob], workers: int):
             raise
 
 
+def collect_finished(
+    jobs: list[ShardJob], results: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[ShardJob]]:
+    """Results for every job: this run's, else a verified sidecar left by another process.
+
+    Returns:
+        (results of the finished jobs, the jobs with no finished, verified sidecar yet).
+    """
+    own = {r["output"]: r for r in results}
+    finished, pending = [], []
+    for job in jobs:
+        result = own.get(job.out_rel)
+        if result is None:
+            result = finished_result(job)
+            if result is not None:
+                result["resumed"] = True
+        if result is None:
+            pending.append(job)
+        else:
+            finished.append(result)
+    return finished, pending
+
+
 def write_indexes(dst: Path, results: list[dict[str, Any]]) -> list[Path]:
     """Writes ``index.npz`` in every split directory (see the module docstring); returns their paths."""
     by_split: dict[str, list[dict[str, Any]]] = {}
@@ -429,6 +458,30 @@ def write_outputs(dst: Path, results: list[dict[str, Any]], extra: dict[str, Any
     return manifest
 
 
+def select_jobs(jobs: list[ShardJob], num_shards: int, shard_index: int) -> list[ShardJob]:
+    """The jobs of process ``shard_index`` of ``num_shards``: every ``num_shards``-th of the sorted list.
+
+    Round-robin over the sorted shards (rather than contiguous blocks) spreads every split, and shards of
+    similar size that sit next to each other, over all the processes.
+    """
+    return [job for i, job in enumerate(jobs) if i % num_shards == shard_index]
+
+
+def _check_sharding(args: argparse.Namespace) -> tuple[int, int]:
+    from sawt.cli import UsageError
+
+    # getattr: main() is also called with a Namespace built in code, without these flags.
+    num_shards = getattr(args, "num_shards", 1)
+    shard_index = getattr(args, "shard_index", 0)
+    if num_shards < 1:
+        raise UsageError(f"--num-shards {num_shards}: must be at least 1")
+    if not 0 <= shard_index < num_shards:
+        raise UsageError(
+            f"--shard-index {shard_index}: must be in [0, {num_shards}) for --num-shards {num_shards}"
+        )
+    return num_shards, shard_index
+
+
 def main(args: argparse.Namespace) -> int:
     """Runs the conversion described by the parsed ``sawt data convert`` arguments."""
     from sawt.cli import UsageError
@@ -441,14 +494,17 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers or os.cpu_count() or 1
     if workers < 1:
         raise UsageError(f"--workers {workers}: must be at least 1")
+    num_shards, shard_index = _check_sharding(args)
     dst = Path(args.dst).resolve()
     jobs = plan_jobs(args)
+    mine = select_jobs(jobs, num_shards, shard_index)
     dst.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     results: list[dict[str, Any]] = []
-    bar = progress(total=len(jobs), desc="convert", unit="shard")
+    desc = "convert" if num_shards == 1 else f"convert {shard_index}/{num_shards}"
+    bar = progress(total=len(mine), desc=desc, unit="shard")
     try:
-        for result in _run_jobs(jobs, workers):
+        for result in _run_jobs(mine, workers):
             results.append(result)
             bar.update(1)
             bar.set_postfix(records=sum(r["records"] for r in results), refresh=False)
@@ -456,12 +512,27 @@ def main(args: argparse.Namespace) -> int:
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         print(
-            f"sawt data convert: stopped; {len(results)} of {len(jobs)} shards finished "
+            f"sawt data convert: stopped; {len(results)} of {len(mine)} shards finished "
             "and are kept, a re-run resumes from them",
             file=sys.stderr,
         )
         return 1
     bar.close()
+    if num_shards > 1:
+        print(
+            f"shard-index {shard_index} of {num_shards}: converted {len(mine)} of {len(jobs)} source shards "
+            f"({sum(1 for r in results if r['resumed'])} already done) in {time.monotonic() - start:.1f} s"
+        )
+        results, pending = collect_finished(jobs, results)
+        if pending:
+            print(
+                f"{len(pending)} of {len(jobs)} source shards still pending (other shard indexes): "
+                + ", ".join(job.rel for job in pending[:10])
+                + (" ..." if len(pending) > 10 else "")
+                + f"; the last process to finish writes {dst / 'manifest.json'}"
+            )
+            return 0
+        print(f"every source shard is finished: writing {dst / 'manifest.json'} for the whole data set")
     extra = {
         "source": str(Path(args.src).resolve()) if not glob.has_magic(args.src) else args.src,
         "writer_options": jobs[0].options,

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "name first, so a re-run skips finished shards and redoes half-written ones. Bad records are "
             "counted by reason and quarantined (DST/quarantine.jsonl), or stop the run with --on-error fail. "
             "Writes DST/manifest.json with per-split, per-source statistics and DST/<split>/index.npz "
-            "(per-record durations and sources) for the loader."
+            "(per-record durations and sources) for the loader. With --num-shards N --shard-index I, N "
+            "processes split the source shards between them; the last to finish writes the manifest."
         ),
     )
     convert.add_argument("--src", required=True, help="a directory of TFRecord shards, or a glob")
@@ -63,6 +64,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=16000,
         help="sample rate every record must have; others are bad records (default: 16000)",
+    )
+    convert.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the conversion over N processes or pods (e.g. a Kubernetes Indexed Job); default: 1",
+    )
+    convert.add_argument(
+        "--shard-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="which of the N this process is, 0 <= I < N: it converts the sorted source shards i with "
+        "i %% N == I, then writes the manifest and indexes only if every source shard is finished (so the "
+        "last process to finish writes them); default: 0",
     )
     convert.set_defaults(func=lambda args: _run("tools.data_convert", args))
 

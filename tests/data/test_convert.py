@@ -395,3 +395,107 @@ def test_single_file_source_and_dst_inside_src(tmp_path):
     assert _convert(src, dst) == 0
     manifest = json.loads((dst / "manifest.json").read_text())
     assert [s["source"] for split in manifest["splits"].values() for s in split["shards"]] == ["one.tfrecord"]
+
+
+# ------------------------------------------------------------------ --num-shards/--shard-index (Indexed Job)
+
+
+@pytest.fixture
+def sharded_src(clean_src):
+    """clean_src plus a fourth shard holding one good and one bad record (so the quarantine is not empty)."""
+    src, payloads = clean_src
+    recs = [_clip(2400, "c", "extra-0"), b"not an example"]
+    _write_shard(src / "train" / "zz-extra.tfrecord", recs)
+    return src, {**payloads, "train/zz-extra": recs}
+
+
+def _assert_same_outputs(a: Path, b: Path) -> None:
+    """Two conversions of one source wrote the same manifest, quarantine, indexes and records."""
+    assert json.loads((a / "manifest.json").read_text()) == json.loads((b / "manifest.json").read_text())
+    assert (a / "quarantine.jsonl").read_text() == (b / "quarantine.jsonl").read_text()
+    assert (a / "quarantine.jsonl").read_text() != ""
+    indexes = sorted(p.relative_to(a) for p in a.rglob("index.npz"))
+    assert indexes == sorted(p.relative_to(b) for p in b.rglob("index.npz")) and len(indexes) == 2
+    for rel in indexes:
+        ia, ib = np.load(a / rel), np.load(b / rel)
+        assert sorted(ia.files) == sorted(ib.files)
+        for key in ia.files:
+            assert np.array_equal(ia[key], ib[key]), (rel, key)
+    records = sorted(p.relative_to(a) for p in a.rglob("*.array_record"))
+    assert records == sorted(p.relative_to(b) for p in b.rglob("*.array_record")) and len(records) == 4
+    for rel in records:
+        assert _read_array_record(a / rel) == _read_array_record(b / rel)
+    quarantined = sorted(p.relative_to(a) for p in (a / "quarantine").rglob("*.tfrecord"))
+    assert quarantined == [Path("quarantine/train/zz-extra.tfrecord")]
+    assert list(iter_tfrecord(a / quarantined[0])) == list(iter_tfrecord(b / quarantined[0]))
+
+
+def test_shard_index_pods_in_sequence_match_one_plain_run(sharded_src, tmp_path, capsys):
+    src, _ = sharded_src
+    assert _convert(src, tmp_path / "plain") == 0
+    dst = tmp_path / "pods"
+    capsys.readouterr()
+
+    # Sorted sources: train/part-0, train/part-1, train/zz-extra, validation/part-0; pod i takes i % 3.
+    assert _convert(src, dst, "--num-shards", "3", "--shard-index", "1") == 0
+    out = capsys.readouterr().out
+    assert "3 of 4 source shards still pending" in out and "train/part-00000-of-00002.tfrecord" in out
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.array_record")) == [
+        "train/part-00001-of-00002.array_record"
+    ]
+    assert not (dst / "manifest.json").exists() and not list(dst.rglob("index.npz"))
+
+    assert _convert(src, dst, "--num-shards", "3", "--shard-index", "0") == 0
+    out = capsys.readouterr().out
+    assert "1 of 4 source shards still pending" in out and "train/zz-extra.tfrecord" in out
+    assert not (dst / "manifest.json").exists()
+
+    assert _convert(src, dst, "--num-shards", "3", "--shard-index", "2") == 0
+    assert "every source shard is finished" in capsys.readouterr().out
+    _assert_same_outputs(tmp_path / "plain", dst)
+
+    # Finalising again (a retried pod) changes nothing: it is derived from the sidecars alone.
+    before = _mtimes(dst)
+    assert _convert(src, dst, "--num-shards", "3", "--shard-index", "0") == 0
+    assert _mtimes(dst) == before
+    _assert_same_outputs(tmp_path / "plain", dst)
+
+
+def test_shard_index_pods_running_concurrently_match_one_plain_run(sharded_src, tmp_path):
+    """Two real `sawt data convert` processes at once on one DST, as two pods of the Indexed Job."""
+    import subprocess
+    import sys
+
+    src, _ = sharded_src
+    assert _convert(src, tmp_path / "plain") == 0
+    dst = tmp_path / "pods"
+    argv = [sys.executable, "-m", "sawt.cli", "data", "convert", "--src", str(src), "--dst", str(dst)]
+    procs = [
+        subprocess.Popen(
+            [*argv, "--workers", "1", "--num-shards", "2", "--shard-index", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    # Each writes its sidecars before looking at the other's, so at least the later one finalises.
+    assert any("every source shard is finished" in out for out in outs), outs
+    _assert_same_outputs(tmp_path / "plain", dst)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-shards", "3", "--shard-index", "3"], "--shard-index 3: must be in [0, 3)"),
+        (["--num-shards", "3", "--shard-index", "-1"], "--shard-index -1: must be in [0, 3)"),
+        (["--num-shards", "0"], "--num-shards 0: must be at least 1"),
+    ],
+)
+def test_shard_index_out_of_range_is_a_usage_error(clean_src, tmp_path, capsys, flags, message):
+    src, _ = clean_src
+    assert _convert(src, tmp_path / "dst", *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()  # rejected before anything is written

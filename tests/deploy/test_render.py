@@ -227,6 +227,11 @@ def test_cpu_jobs_are_indexed_and_non_root():
     assert sharded_job["spec"]["completions"] == sharded_job["spec"]["parallelism"] == 8
     args = sharded_job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-4:] == ["--shard-index", "$(JOB_COMPLETION_INDEX)", "--num-shards", "8"]
+    # The flags exist: the real `sawt` parser accepts the pod's argv once the kubelet expands the index.
+    from sawt.cli import build_parser
+
+    parsed = build_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "7") for a in args[1:]])
+    assert (parsed.shard_index, parsed.num_shards) == (7, 8)
     ckpt = _by_kind(k8s_render.render_objects(load_values(), "ckpt-convert"), "Job")[0]
     assert ckpt["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "sawt",
