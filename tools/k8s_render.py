@@ -336,6 +336,22 @@ def _train_context(values: Values) -> dict[str, Any]:
     }
 
 
+def _tensor_parallel_args(key: str, override: int | None, args: list[str], tpu_slice: TpuSlice) -> list[str]:
+    """``--tensor-parallel N`` for a serving process: ``override``, else every chip of its host.
+
+    The bf16 thinker (~60 GB) does not fit one chip, so the default shards it over the whole host.
+    """
+    if "--tensor-parallel" in args or any(a.startswith("--tensor-parallel=") for a in args):
+        raise RenderError(f"{key}.args: set {key}.tensor_parallel instead of passing --tensor-parallel")
+    chips = override or tpu_slice.chips_per_host
+    if chips > tpu_slice.chips_per_host:
+        raise RenderError(
+            f"{key}.tensor_parallel: {chips} exceeds the {tpu_slice.chips_per_host} chips per host of "
+            f"{tpu_slice.name}"
+        )
+    return ["--tensor-parallel", str(chips)]
+
+
 def _batch_infer_context(values: Values) -> dict[str, Any]:
     job = values.batch_infer
     jobset = f"{values.name}-{job.name}"
@@ -354,6 +370,7 @@ def _batch_infer_context(values: Values) -> dict[str, Any]:
         f"{storage.data.mount_path.rstrip('/')}/{job.data}",
         "--out",
         f"{storage.outputs.mount_path.rstrip('/')}/{job.out}",
+        *_tensor_parallel_args("batch_infer", job.tensor_parallel, job.args, values.tpu.slice),
         *job.args,
     ]
     return {**_jobset_context(values, "batch-infer", jobset, mounts, job.env), "command": command}
@@ -424,6 +441,7 @@ def _serve_context(values: Values) -> dict[str, Any]:
         "0.0.0.0",
         "--port",
         str(serve.port),
+        *_tensor_parallel_args("serve", serve.tensor_parallel, serve.args, tpu_slice),
         *serve.args,
     ]
     if serve.hpa.enabled and tpu_slice.multi_host:

@@ -301,6 +301,13 @@ class BatchInfer(Frozen):
     data: str = Field("test", description="Data directory under storage.data.mount_path.")
     out: str = Field("batch-infer", description="Output directory under storage.outputs.mount_path.")
     args: list[str] = Field(default_factory=list, description="Extra `sawt batch-infer` arguments.")
+    tensor_parallel: int | None = Field(
+        None,
+        ge=1,
+        description="`--tensor-parallel` of every `sawt batch-infer` process: chips of its host the weights are sharded "
+        "over. Default (null): `tpu`'s chips per host from the TPU table (4 on v4), since the bf16 "
+        "thinker does not fit one chip. At most the chips per host.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Per-pod resources besides TPUs.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets).")
     max_restarts: int = Field(3, ge=0, description="JobSet restarts allowed.")
@@ -358,6 +365,13 @@ class Serve(Frozen):
     )
     replicas: int = Field(1, ge=1, description="Server replicas (each a slice).")
     args: list[str] = Field(default_factory=list, description="Extra `sawt serve` arguments.")
+    tensor_parallel: int | None = Field(
+        None,
+        ge=1,
+        description="`--tensor-parallel` of every `sawt serve` process: chips of its host the weights are sharded "
+        "over. Default (null): `serve.tpu`'s chips per host from the TPU table (4 on v4), since the bf16 "
+        "thinker does not fit one chip. At most the chips per host.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Per-pod resources besides TPUs.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets).")
     termination_grace_seconds: int = Field(

@@ -413,3 +413,70 @@ def test_batch_infer_shards_records_over_the_hosts_of_one_slice():
     assert not any(name.startswith("MEGASCALE") for name in env)
     args = rjob["template"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["sawt", "batch-infer"] and args[args.index("--out") + 1] == "/outputs/qwen3-asr-test"
+
+
+def _tensor_parallel(container) -> int:
+    args = container["args"]
+    assert args.count("--tensor-parallel") == 1, args
+    return int(args[args.index("--tensor-parallel") + 1])
+
+
+@pytest.mark.parametrize(
+    ("tpu_type", "multi", "single"),
+    [("v4", "2x2x4", "2x2x1"), ("v5e", "4x4", "2x4"), ("v6e", "4x8", "2x2"), ("v5e", "4x4", "1x1")],
+)
+def test_serving_shards_the_weights_over_the_chips_of_a_host(tpu_type, multi, single):
+    """serve (Deployment and LWS leader/worker) and batch-infer pass --tensor-parallel = chips per host."""
+    values = load_values(
+        None,
+        [
+            f"tpu.type={tpu_type}",
+            f"tpu.topology={multi}",
+            f"serve.tpu.type={tpu_type}",
+            f"serve.tpu.topology={single}",
+        ],
+    )
+    serve_chips = tpu_types.tpu_slice(tpu_type, single).chips_per_host
+    (deployment,) = _by_kind(k8s_render.render_objects(values, "serve"), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert _tensor_parallel(container) == serve_chips
+    assert container["resources"]["limits"]["google.com/tpu"] == str(serve_chips)
+    (jobset,) = _by_kind(k8s_render.render_objects(values, "batch-infer"), "JobSet")
+    container = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+    assert _tensor_parallel(container) == tpu_types.tpu_slice(tpu_type, multi).chips_per_host
+    assert container["resources"]["limits"]["google.com/tpu"] == str(_tensor_parallel(container))
+
+
+def test_tensor_parallel_default_and_override():
+    assert (
+        _tensor_parallel(
+            _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")[0]["spec"]["template"][
+                "spec"
+            ]["containers"][0]
+        )
+        == 4
+    )  # the default v4-8 server host: the ~60 GB bf16 thinker over 4 x 32 GB chips
+    lws_values = load_values(None, ["serve.tpu.topology=2x2x4", "serve.tensor_parallel=2"])
+    (lws,) = _by_kind(k8s_render.render_objects(lws_values, "serve"), "LeaderWorkerSet")
+    for role in ("leaderTemplate", "workerTemplate"):
+        assert _tensor_parallel(lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"][0]) == 2
+    (jobset,) = _by_kind(
+        k8s_render.render_objects(load_values(None, ["batch_infer.tensor_parallel=1"]), "batch-infer"),
+        "JobSet",
+    )
+    assert (
+        _tensor_parallel(
+            jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+        )
+        == 1
+    )
+    with pytest.raises(
+        k8s_render.RenderError, match=r"serve\.tensor_parallel: 8 exceeds the 4 chips per host"
+    ):
+        k8s_render.render_objects(load_values(None, ["serve.tensor_parallel=8"]), "serve")
+    with pytest.raises(k8s_render.RenderError, match=r"batch_infer\.args: set batch_infer\.tensor_parallel"):
+        k8s_render.render_objects(
+            load_values(None, ['batch_infer.args=["--tensor-parallel", "2"]']), "batch-infer"
+        )
+    with pytest.raises(ConfigError, match=r"serve\.tensor_parallel"):
+        load_values(None, ["serve.tensor_parallel=0"])
