@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -181,28 +180,27 @@ def convert_rss(work: Path, layers: int) -> dict:
     _log(f"convert: {total / 1e9:.2f} GB written in {time.perf_counter() - t0:.0f} s; converting")
     out = work / "ckpt_big"
     t0 = time.perf_counter()
-    # A child of its own: its ru_maxrss is the conversion's peak alone.
+    # A fresh process running the `sawt convert` entry point, reporting its own VmHWM (ru_maxrss would
+    # carry over the forking parent's peak).
+    code = (
+        "import sys\n"
+        "from sawt.cli import main\n"
+        "rc = main(['convert', 'hf-to-orbax', '--hf', sys.argv[1], '--out', sys.argv[2], '--quiet'])\n"
+        "status = open('/proc/self/status').read()\n"
+        "print('VmHWM', int(status.split('VmHWM:')[1].split()[0]) * 1024)\n"
+        "sys.exit(rc)\n"
+    )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sawt",
-            "convert",
-            "hf-to-orbax",
-            "--hf",
-            str(hf),
-            "--out",
-            str(out),
-            "--quiet",
-        ],
+        [sys.executable, "-c", code, str(hf), str(out)],
         capture_output=True,
         text=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=REPO,
     )
     seconds = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"conversion failed:\n{proc.stderr[-4000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    peak = int(proc.stdout.split("VmHWM")[-1].split()[0])
     shutil.rmtree(hf)
     shutil.rmtree(out)
     return {
@@ -225,7 +223,6 @@ def main(args: argparse.Namespace) -> int:
     results: dict = {"machine": f"{os.cpu_count()}-core CPU", "quick": quick}
     with tempfile.TemporaryDirectory(prefix="sawt-bench-model-") as tmp:
         work = Path(tmp)
-        # The RSS figure first: a fresh child, so its peak is not the maximum of earlier children.
         results.update(convert_rss(work, layers=1 if quick else 4))
 
         config = load_experiment("small", []).model

@@ -16,7 +16,6 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from tools.safetensors_io import (
     ShardedWriter,
     TensorInfo,
     open_checkpoint,
-    read_into,
     read_rows,
     read_tensor,
 )
@@ -113,40 +111,65 @@ def _leaf_dtype(spec: LeafSpec, plan: HfPlan, dtype: np.dtype | None) -> np.dtyp
     return found.pop()
 
 
-def build_leaves(
-    plan: HfPlan, dtype: np.dtype | None = None, bar=None
-) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Yields ``(path, stacked array)`` one leaf at a time; each is dropped before the next is built."""
+def streamed_leaves(plan: HfPlan, dtype: np.dtype | None = None, bar=None) -> list:
+    """One `StreamedLeaf` per canonical leaf: which HF tensors fill which blocks, read only when written."""
+    from trainer.model_checkpoint import StreamedLeaf
+
+    leaves = []
     for spec in plan.specs:
-        out = np.empty(spec.shape, _leaf_dtype(spec, plan, dtype))
-        if not spec.stack:
-            _fill_unstacked(spec, plan.sources[plan.prefix + spec.hf_keys()[0][1]], out)
-            if bar is not None:
-                bar.update(out.nbytes)
-        for idx, key in spec.hf_keys() if spec.stack else ():
+        out_dtype = _leaf_dtype(spec, plan, dtype)
+        first = plan.sources[plan.prefix + spec.hf_keys()[0][1]]
+        if spec.stack:
+            # One chunk per layer (or layer x expert) slice: contiguous, and a restore sharded over layers
+            # or experts reads only its own chunks.
+            chunk = (1,) * len(spec.stack) + spec.slice_shape
+            fill = _stacked_filler(spec, plan, bar)
+        elif spec.kind in ("copy", "T") and len(first.shape) == 2:
+            rows = max(1, min(first.shape[0], BLOCK_BYTES // (first.nbytes // first.shape[0])))
+            chunk = (rows, first.shape[1]) if spec.kind == "copy" else (first.shape[1], rows)
+            fill = _blockwise_filler(spec, first, rows, bar)
+        else:
+            chunk = spec.shape
+            fill = _whole_filler(spec, first, bar)
+        leaves.append(StreamedLeaf(spec.path, spec.shape, out_dtype, chunk, fill))
+    return leaves
+
+
+def _stacked_filler(spec: LeafSpec, plan: HfPlan, bar):
+    def fill(put) -> None:
+        for idx, key in spec.hf_keys():
             piece = spec.to_canonical(read_tensor(plan.sources[plan.prefix + key]))
-            out[idx] = piece  # numpy casts when --dtype asks for another dtype
+            put(idx, piece)
             if bar is not None:
                 bar.update(piece.nbytes)
-            del piece
-        yield spec.path, out
-        del out
+
+    return fill
 
 
-def _fill_unstacked(spec: LeafSpec, info: TensorInfo, out: np.ndarray) -> None:
-    """Fills an unstacked leaf without a second full-size temporary (embedding and lm_head are large)."""
-    if spec.kind == "copy" and out.dtype == info.dtype:
-        read_into(info, out)  # same elements in the same order: read straight into place
-    elif spec.kind in ("copy", "T") and len(info.shape) == 2:
-        rows = max(1, BLOCK_BYTES // (info.nbytes // info.shape[0]))
+def _blockwise_filler(spec: LeafSpec, info: TensorInfo, rows: int, bar):
+    """Large 2-D tensors (embedding, lm_head) in row blocks of the HF tensor (contiguous on disk)."""
+
+    def fill(put) -> None:
         for start in range(0, info.shape[0], rows):
             block = read_rows(info, start, min(start + rows, info.shape[0]))
             if spec.kind == "T":
-                out[:, start : start + len(block)] = block.T
+                put((slice(None), slice(start, start + len(block))), block.T)
             else:
-                out[start : start + len(block)] = block
-    else:
-        out[...] = spec.to_canonical(read_tensor(info))
+                put(slice(start, start + len(block)), block)
+            if bar is not None:
+                bar.update(block.nbytes)
+
+    return fill
+
+
+def _whole_filler(spec: LeafSpec, info: TensorInfo, bar):
+    def fill(put) -> None:
+        piece = spec.to_canonical(read_tensor(info))
+        put((), piece)
+        if bar is not None:
+            bar.update(piece.nbytes)
+
+    return fill
 
 
 def hf_to_orbax(
@@ -175,7 +198,7 @@ def hf_to_orbax(
         MODEL_CONFIG_FILE,
         PARAMS_DIR,
         copy_companion_files,
-        write_params,
+        write_params_streaming,
     )
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
@@ -204,8 +227,7 @@ def hf_to_orbax(
     staging.mkdir(parents=True)
     bar = progress(None, total=total, desc="hf-to-orbax", unit="B") if show_progress else None
     try:
-        stacked = {spec.path: tuple(range(len(spec.stack))) for spec in plan.specs}
-        write_params(staging / PARAMS_DIR, build_leaves(plan, cast, bar), shard_axes=stacked.__getitem__)
+        write_params_streaming(staging / PARAMS_DIR, streamed_leaves(plan, cast, bar))
     finally:
         if bar is not None:
             bar.close()

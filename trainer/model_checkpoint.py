@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,66 @@ def write_params(
     # ordinary PyTree checkpoint, which is what interface 6 puts at DIR/params.
     os.rename(staging / "state", directory)
     shutil.rmtree(staging)
+
+
+@dataclass(frozen=True)
+class StreamedLeaf:
+    """A leaf written piece by piece (see `write_params_streaming`).
+
+    Attributes:
+        path: its path in the tree.
+        shape, dtype: of the whole leaf.
+        chunk_shape: storage chunk; `fill` should write whole chunks.
+        fill: called once with ``put(index, block)``, which writes ``block`` at ``leaf[index]`` and returns
+            when it is on disk.
+    """
+
+    path: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk_shape: tuple[int, ...]
+    fill: Callable[[Callable[[Any, np.ndarray], None]], None]
+
+
+def write_params_streaming(directory: str | Path, leaves: Iterable[StreamedLeaf]) -> None:
+    """Writes an Orbax PyTree checkpoint whose leaves are never whole in memory.
+
+    Orbax writes the tree (its `_METADATA` and one zarr3 array per leaf) from tiny placeholders of the right
+    rank and dtype; each array is then recreated at its full shape with the same codecs and filled through
+    TensorStore one block at a time, each block on disk before the next is read. A restore reads the
+    shape from the array's own zarr metadata, so the result is an ordinary Orbax checkpoint (the tests
+    restore it with Orbax, with and without target shardings). Peak memory is one block, whatever the leaf
+    size: Orbax's own write of a big array keeps encoded chunks queued for the disk, up to another copy.
+    """
+    import tensorstore as ts
+
+    leaves = list(leaves)
+    directory = Path(directory)
+    write_params(directory, ((leaf.path, np.zeros((1,) * len(leaf.shape), leaf.dtype)) for leaf in leaves))
+    for leaf in leaves:
+        array_dir = directory / ".".join(leaf.path)
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        if meta.get("zarr_format") != 3:
+            raise RuntimeError(
+                f"{array_dir}: expected a zarr3 array from Orbax, found {meta.get('zarr_format')}"
+            )
+        meta["shape"] = list(leaf.shape)
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = list(leaf.chunk_shape)
+        for codec in meta["codecs"]:
+            if codec["name"] == "sharding_indexed":  # one inner chunk per shard, as Orbax writes it
+                codec["configuration"]["chunk_shape"] = list(leaf.chunk_shape)
+        shutil.rmtree(array_dir)
+        store = ts.open(
+            {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir)}, "metadata": meta},
+            create=True,
+        ).result()
+
+        def put(index: Any, block: np.ndarray, store=store, dtype=leaf.dtype) -> None:
+            store[index].write(np.asarray(block, dtype=dtype)).result()
+
+        leaf.fill(put)
+        del store
+        _release_freed_memory()
 
 
 def _param_metadata(params_dir: Path) -> dict[tuple[str, ...], Any]:

@@ -267,3 +267,40 @@ def test_truncated_shard_is_reported(tmp_path):
     path.write_bytes(struct.pack("<Q", 5) + b"{oops")
     with pytest.raises(ValueError, match="header is not valid JSON"):
         hf_to_orbax(hf, tmp_path / "ckpt", log=_quiet, show_progress=False)
+
+
+@pytest.mark.slow
+def test_conversion_peak_rss_is_largest_leaf_plus_under_1gb(tmp_path):
+    """Real widths and vocabulary, one layer, 32 experts (~1.6 GB bf16): a fresh process's peak RSS minus the largest leaf."""
+    import subprocess
+    import sys
+
+    from tools.hf_layout import leaf_specs
+    from trainer.config import load_experiment
+
+    real = load_experiment("qwen3-omni-30b-a3b", []).model
+    config = real.model_copy(
+        update={
+            "text": real.text.model_copy(update={"num_hidden_layers": 1, "num_experts": 32}),
+            "audio": real.audio.model_copy(update={"encoder_layers": 1}),
+        }
+    )
+    hf = write_synthetic_hf(tmp_path / "hf", config, prefix="thinker.", dtype="bf16")
+    largest = max(int(np.prod(s.shape)) * 2 for s in leaf_specs(config))
+    code = (
+        "import sys\n"
+        "from tools.convert_hf import hf_to_orbax\n"
+        "hf_to_orbax(sys.argv[1], sys.argv[2], log=lambda *a: None, show_progress=False)\n"
+        # VmHWM is this process's own peak; ru_maxrss would carry over the forking parent's.
+        "status = open('/proc/self/status').read()\n"
+        "print(int(status.split('VmHWM:')[1].split()[0]) * 1024)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(hf), str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = int(proc.stdout.strip().splitlines()[-1])
+    assert largest > 300e6
+    assert peak - largest < 1e9, f"peak {peak / 1e9:.2f} GB, largest leaf {largest / 1e9:.2f} GB"
