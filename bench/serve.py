@@ -10,11 +10,15 @@ same tiny checkpoint and audio. Figures:
   the fraction of requests shed (429), p99 latency of the served ones, and the server's RSS before, at peak
   and after (it must stay bounded: shedding, not queueing without limit).
 
-The model is a random thinker on CPU, widened so that a decode step is dominated by reading the weights
-(as on a TPU, where decoding is memory-bound) rather than by per-row arithmetic: with the tiny preset a CPU
-decode step costs about as much per row at 32 rows as at 1, and no batching can pay off. Absolute figures
-say little about a TPU; the ratios say how much continuous batching buys over serial serving on the same
-hardware.
+The model is a random thinker on CPU, shaped so that a one-row decode step is dominated by the weights
+(~63 M decoder parameters, 250 MB in fp32, far beyond the CPU's caches; GQA with 2 KV heads and a short cache,
+so the KV cache is small next to them): that is the regime of the real thinker, whose decode step reads ~3 B
+active parameters per token from HBM, and the one continuous batching is for. A tiny model (a few M
+parameters) sits in cache, its step costs the same per row at 32 rows as at 1, and no batching can pay off.
+Before the servers, the engine itself (``JaxRunner``, no HTTP) is timed: prefill per request and one decode
+step over 1, 8 and 32 rows (``engine_profile`` in the JSON), which bounds what batching can buy on this
+machine. Absolute figures say little about a TPU; the ratios say how much continuous batching buys over
+serial serving on the same hardware.
 """
 
 from __future__ import annotations
@@ -36,18 +40,20 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "sawt-asr"
-# Wide and shallow: ~6 M parameters in the decoder, so a one-row decode step is dominated by reading weights.
+# Weight-dominated at decode, like the real thinker (see the module docstring): hidden 1024, 4 layers, a
+# dense 2-expert MoE of width 2048 (top-2 of 2: every row reads the same expert weights, as a batch of rows
+# does at decode), 8 query / 2 KV heads. ~63 M decoder parameters (250 MB fp32).
 BENCH_MODEL = (
-    "model.text.hidden_size=512",
-    "model.text.num_hidden_layers=2",
+    "model.text.hidden_size=1024",
+    "model.text.num_hidden_layers=4",
     "model.text.num_attention_heads=8",
-    "model.text.num_key_value_heads=8",
-    "model.text.head_dim=64",
-    "model.text.mrope_section=[12,10,10]",
+    "model.text.num_key_value_heads=2",
+    "model.text.head_dim=128",
+    "model.text.mrope_section=[24,20,20]",
     "model.text.num_experts=2",
     "model.text.num_experts_per_tok=2",
-    "model.text.moe_intermediate_size=512",
-    "model.audio.output_dim=512",
+    "model.text.moe_intermediate_size=2048",
+    "model.audio.output_dim=1024",
     "model.moe_impl=dense",  # 2 experts, top-2: every expert runs anyway; no dispatch cost
 )
 AUDIO_SECONDS = 1.0
@@ -220,9 +226,74 @@ async def open_loop(server: Server, audio: bytes, rate_rps: float, seconds: floa
     }
 
 
+def engine_profile(checkpoint: Path, max_batch: int, max_new_tokens: int, repeats: int = 8) -> dict[str, Any]:
+    """Times the engine without HTTP: prefill of one request, and one decode step over 1, 8 and 32 rows.
+
+    The same `JaxRunner` the server builds (same checkpoint, slots, buckets); medians over ``repeats`` calls
+    after a warm-up. ``decode_ms_per_step[r] / decode_ms_per_step[1]`` is what a step over r rows costs
+    relative to one row: the closer to 1, the more batching can buy.
+    """
+    from types import SimpleNamespace
+
+    from inference_server.jax_runner import JaxRunner
+    from inference_server.model_engine import TextSide
+    from trainer.data.audio import encoder_token_count
+    from trainer.model_checkpoint import load_model_checkpoint
+
+    config, params = load_model_checkpoint(checkpoint)
+    overhead = len(TextSide.from_tokenizer_dir(str(checkpoint)).prompt_ids(0))
+    runner = JaxRunner(
+        config, params, num_slots=max_batch, prompt_overhead=overhead + 8, window_s=AUDIO_SECONDS,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    frames = int(AUDIO_SECONDS * 100)
+    n_audio = int(encoder_token_count(frames, config.audio.n_window))
+    ids = np.concatenate([[1], np.full(n_audio, config.tokens.audio_token_id), np.full(overhead - 1, 2)])
+    prompt = SimpleNamespace(
+        input_ids=ids.astype(np.int32),
+        audio_mel=np.zeros((config.audio.num_mel_bins, frames), np.float32),
+        audio_frames=frames,
+        audio_tokens=n_audio,
+        audio_offset=1,
+    )
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+    prefill_ms = median_ms(lambda: runner.prefill(0, prompt))
+    decode_ms = {}
+    for rows in (1, 8, 32):
+        active = np.zeros(max_batch, bool)
+        active[:rows] = True
+        decode_ms[rows] = median_ms(lambda a=active: runner.decode(np.zeros(max_batch, np.int32), a))
+    n_params = sum(int(np.prod(x.shape)) for x in _leaves(params["model"])) + int(
+        np.prod(params["lm_head"]["kernel"].shape)
+    )
+    return {
+        "decoder_parameters": n_params,
+        "prompt_tokens": len(ids),
+        "cache_len": runner.max_seq_len,
+        "prefill_ms": prefill_ms,
+        "decode_ms_per_step": decode_ms,
+        "decode_cost_ratio_32_vs_1": decode_ms[32] / decode_ms[1],
+    }
+
+
+def _leaves(tree: Any) -> list[Any]:
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in _leaves(v)]
+    return [tree]
+
+
 def run(quick: bool, log=print) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests" / "serve"))
-    from tiny_checkpoint import make_tiny_checkpoint
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers.checkpoint import make_tiny_checkpoint
 
     per_client = 2 if quick else 4
     audio = _wav(AUDIO_SECONDS)
@@ -242,6 +313,12 @@ def run(quick: bool, log=print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         log("making a tiny checkpoint ...")
         checkpoint = make_tiny_checkpoint(Path(tmp) / "ckpt", overrides=BENCH_MODEL)
+        log("timing the engine directly (no HTTP) ...")
+        prof = engine_profile(checkpoint, 32, max_new, repeats=4 if quick else 8)
+        results["engine_profile"] = prof
+        steps = ", ".join(f"{r} rows {ms:.1f} ms" for r, ms in prof["decode_ms_per_step"].items())
+        log(f"  {prof['decoder_parameters'] / 1e6:.1f} M decoder parameters; prefill {prof['prefill_ms']:.1f} ms "
+            f"({prof['prompt_tokens']} prompt tokens); decode step: {steps}")  # fmt: skip
         for name, max_batch in (("batched", 32), ("serial", 1)):
             log(f"starting the {name} server (--max-batch {max_batch}) ...")
             server = Server(
@@ -276,6 +353,7 @@ def run(quick: bool, log=print) -> dict[str, Any]:
     results["throughput_speedup_8_vs_1"] = b[8]["throughput_rps"] / s[8]["throughput_rps"]
     results["p99_seconds_32"] = b[32]["p99_seconds"]
     results["p99_seconds_32_serial"] = s[32]["p99_seconds"]
+    results["decode_cost_ratio_32_vs_1"] = results["engine_profile"]["decode_cost_ratio_32_vs_1"]
     results["overload_shed_rate"] = results["overload"]["shed_rate"]
     results["overload_p99_seconds"] = results["overload"]["p99_seconds_served"]
     results["overload_rss_growth_mb"] = (

@@ -1,10 +1,27 @@
-"""Test-wide set-up: JAX on CPU with 8 fake devices, so sharding code runs as it would on a slice."""
+"""Test-wide set-up: JAX on CPU with 8 fake devices, so sharding code runs as it would on a slice; the
+fixtures several areas share (their code lives in tests/helpers/)."""
 
 import os
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
-import jax
+import jax  # after the environment above: JAX reads it at import
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+# `import helpers.x` from any test directory, whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A real model checkpoint (random tiny Thinker + demo tokenizer), built once per session and shared
+    by the serve, batch-infer and other end-to-end tests. Read-only: tests must not write into it."""
+    from helpers.checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt") / "ckpt")

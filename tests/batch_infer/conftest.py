@@ -1,21 +1,9 @@
-"""Fixtures: a tiny real checkpoint and a small ArrayRecord split in the seed schema."""
+"""Fixtures: a small ArrayRecord split in the seed schema (``tiny_checkpoint`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-from speech_split import write_split
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    from tiny_checkpoint import make_tiny_checkpoint
-
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("bi") / "tiny-ckpt")
+from helpers.speech_split import write_split
 
 
 @pytest.fixture

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "serve"))
-sys.path.insert(0, str(TESTS / "batch_infer"))
-
-from serve_helpers import serve_in_thread  # noqa: E402
-from speech_split import write_split  # noqa: E402
-from teacher_stub import TeacherStub  # noqa: E402
+from helpers.serving import serve_in_thread
+from helpers.speech_split import write_split
+from teacher_stub import TeacherStub
 
 TEXTS = ["مرحبا بكم", "السلام عليكم", "شكرا جزيلا", "صباح الخير", "كيف حالك", "إلى اللقاء", "نعم", "لا"]
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from serve_helpers import free_port, wav_bytes
+from helpers.serving import free_port, wav_bytes
 
 HERE = Path(__file__).parent
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_helpers import free_port, wav_bytes
+from helpers.serving import free_port, wav_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"

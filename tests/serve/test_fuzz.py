@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from helpers.serving import serve_in_thread, wav_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from serve_helpers import serve_in_thread, wav_bytes
 
 from inference_server.app import build_app
 from inference_server.config import ServerConfig

@@ -14,8 +14,8 @@ import time
 import httpx
 import openai
 import pytest
+from helpers.serving import serve_in_thread, wav_bytes
 from prometheus_client import CollectorRegistry
-from serve_helpers import serve_in_thread, wav_bytes
 
 from inference_server.app import build_app
 from inference_server.config import ServerConfig

@@ -1,4 +1,4 @@
-"""Helpers for server tests: a real uvicorn server on a free local port in a thread, WAV bytes."""
+"""Helpers for tests that talk to a server: a real uvicorn server on a free local port in a thread, WAV bytes."""
 
 from __future__ import annotations
 
