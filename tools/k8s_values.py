@@ -295,19 +295,24 @@ class Train(Frozen):
     _env = field_validator("env")(_check_env)
 
 
+def _tensor_parallel_field(command: str, tpu_key: str) -> Any:
+    """The ``tensor_parallel`` value of a serving workload (serve, batch-infer)."""
+    return Field(
+        None,
+        ge=1,
+        description=f"`--tensor-parallel` of every `{command}` process: chips of its host the weights are "
+        f"sharded over. Default (null): `{tpu_key}`'s chips per host from the TPU table (4 on v4), since the "
+        "bf16 thinker does not fit one chip. At most the chips per host.",
+    )
+
+
 class BatchInfer(Frozen):
     name: str = Field("batch-infer", description="JobSet name.")
     checkpoint: str = Field("qwen3-asr", description="Model directory under storage.models.mount_path.")
     data: str = Field("test", description="Data directory under storage.data.mount_path.")
     out: str = Field("batch-infer", description="Output directory under storage.outputs.mount_path.")
     args: list[str] = Field(default_factory=list, description="Extra `sawt batch-infer` arguments.")
-    tensor_parallel: int | None = Field(
-        None,
-        ge=1,
-        description="`--tensor-parallel` of every `sawt batch-infer` process: chips of its host the weights are sharded "
-        "over. Default (null): `tpu`'s chips per host from the TPU table (4 on v4), since the bf16 "
-        "thinker does not fit one chip. At most the chips per host.",
-    )
+    tensor_parallel: int | None = _tensor_parallel_field("sawt batch-infer", "tpu")
     resources: Resources = Field(default_factory=Resources, description="Per-pod resources besides TPUs.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets).")
     max_restarts: int = Field(3, ge=0, description="JobSet restarts allowed.")
@@ -365,13 +370,7 @@ class Serve(Frozen):
     )
     replicas: int = Field(1, ge=1, description="Server replicas (each a slice).")
     args: list[str] = Field(default_factory=list, description="Extra `sawt serve` arguments.")
-    tensor_parallel: int | None = Field(
-        None,
-        ge=1,
-        description="`--tensor-parallel` of every `sawt serve` process: chips of its host the weights are sharded "
-        "over. Default (null): `serve.tpu`'s chips per host from the TPU table (4 on v4), since the bf16 "
-        "thinker does not fit one chip. At most the chips per host.",
-    )
+    tensor_parallel: int | None = _tensor_parallel_field("sawt serve", "serve.tpu")
     resources: Resources = Field(default_factory=Resources, description="Per-pod resources besides TPUs.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets).")
     termination_grace_seconds: int = Field(

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
+from helpers.records import write_tfrecord
 
 from sawt.cli import main as sawt
 from sawt.fileio import read_jsonl
 from tools.manifest import SKIP_REASONS
 from trainer.data.example import encode_example, encode_speech
-from trainer.data.tfrecord import TFRecordWriter, iter_tfrecord
+from trainer.data.tfrecord import iter_tfrecord
 
 RNG = np.random.default_rng(0)
 
@@ -39,16 +40,6 @@ def _speech_features(**overrides) -> bytes:
     }
     feats.update(overrides)
     return encode_example({k: v for k, v in feats.items() if v is not None})
-
-
-def _write_shard(path: Path, payloads: list[bytes]) -> list[int]:
-    offsets, pos = [], 0
-    with TFRecordWriter(path) as w:
-        for p in payloads:
-            w.write(p)
-            offsets.append(pos)
-            pos += 16 + len(p)
-    return offsets
 
 
 def _flip(path: Path, pos: int) -> None:
@@ -81,7 +72,7 @@ def clean_src(tmp_path):
     for split, shards in lengths.items():
         for k, ns in enumerate(shards):
             recs = [_clip(n, "a" if i % 2 else "b", f"{split}-{k}-{i}") for i, n in enumerate(ns)]
-            _write_shard(src / split / f"part-{k:05d}-of-{len(shards):05d}.tfrecord", recs)
+            write_tfrecord(src / split / f"part-{k:05d}-of-{len(shards):05d}.tfrecord", recs)
             payloads[f"{split}/part-{k:05d}-of-{len(shards):05d}"] = recs
     return src, payloads
 
@@ -142,16 +133,16 @@ def test_every_kind_of_corruption_is_counted_and_quarantined(tmp_path, capsys):
     # Shard 0: good and bad records interleaved, plus one good record whose payload CRC we break.
     shard0 = [good[0], *bad_records.values(), good[1], inf_audio, good[2], good[3]]
     p0 = src / "train" / "s-00000.tfrecord"
-    off0 = _write_shard(p0, shard0)
+    off0 = write_tfrecord(p0, shard0)
     crc_victim = 8  # good[2]
     _flip(p0, off0[crc_victim] + 12 + 40)
     # Shard 1: a bad length CRC on its third record loses the rest of the shard.
     p1 = src / "train" / "s-00001.tfrecord"
-    off1 = _write_shard(p1, [good[4], good[5], good[6], good[7]])
+    off1 = write_tfrecord(p1, [good[4], good[5], good[6], good[7]])
     _flip(p1, off1[2] + 1)
     # Shard 2: truncated inside its second record.
     p2 = src / "validation" / "s-00000.tfrecord"
-    off2 = _write_shard(p2, [good[0], good[1]])
+    off2 = write_tfrecord(p2, [good[0], good[1]])
     p2.write_bytes(p2.read_bytes()[: off2[1] + 30])
 
     assert _convert(src, dst) == 0
@@ -211,7 +202,7 @@ def test_every_kind_of_corruption_is_counted_and_quarantined(tmp_path, capsys):
 
 def test_on_error_fail_stops_naming_file_offset_and_reason(tmp_path, capsys):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    offsets = _write_shard(
+    offsets = write_tfrecord(
         src / "train" / "x.tfrecord", [_clip(800, "a", "1"), _speech_features(sample_rate=8000)]
     )
     assert _convert(src, dst, "--on-error", "fail") == 1
@@ -225,7 +216,7 @@ def test_on_error_fail_stops_naming_file_offset_and_reason(tmp_path, capsys):
 def test_on_error_fail_on_a_crc_error(tmp_path, capsys):
     src, dst = tmp_path / "src", tmp_path / "dst"
     path = src / "x.tfrecord"
-    offsets = _write_shard(path, [_clip(800, "a", "1"), _clip(800, "a", "2")])
+    offsets = write_tfrecord(path, [_clip(800, "a", "1"), _clip(800, "a", "2")])
     _flip(path, offsets[1] + 3)
     assert _convert(src, dst, "--on-error", "fail") == 1
     err = capsys.readouterr().err
@@ -254,7 +245,7 @@ def test_resume_skips_finished_shards_and_redoes_the_rest(clean_src, tmp_path, c
     victim = dst / "train" / "part-00001-of-00002.array_record"
     victim.write_bytes(victim.read_bytes()[:100])
     extra = _clip(1600, "c", "new")
-    _write_shard(
+    write_tfrecord(
         src / "validation" / "part-00000-of-00001.tfrecord",
         [*payloads["validation/part-00000-of-00001"], extra],
     )
@@ -330,7 +321,7 @@ def test_glob_source_and_root_level_shard(clean_src, tmp_path):
         "validation/part-00000-of-00001.array_record",
     ]
     flat = tmp_path / "flat"
-    _write_shard(flat / "all.tfrecord-00000-of-00001", payloads["train/part-00000-of-00002"])
+    write_tfrecord(flat / "all.tfrecord-00000-of-00001", payloads["train/part-00000-of-00002"])
     assert _convert(flat, tmp_path / "dst2") == 0
     assert (
         _read_array_record(tmp_path / "dst2" / "all-00000-of-00001.array_record")
@@ -368,14 +359,14 @@ def test_bad_usage_is_a_one_line_error(tmp_path, capsys):
     assert _convert(tmp_path / "empty", tmp_path / "dst") == 2
     assert "no TFRecord shards" in capsys.readouterr().err
     dup = tmp_path / "dup"
-    _write_shard(dup / "x.tfrecord", [])
-    _write_shard(dup / "x.tfrecord.gz", [])
+    write_tfrecord(dup / "x.tfrecord", [])
+    write_tfrecord(dup / "x.tfrecord.gz", [])
     assert _convert(dup, tmp_path / "dst") == 2
     assert "would both be written" in capsys.readouterr().err
 
 
 def test_empty_shard(tmp_path):
-    _write_shard(tmp_path / "src" / "train" / "e.tfrecord", [])
+    write_tfrecord(tmp_path / "src" / "train" / "e.tfrecord", [])
     assert _convert(tmp_path / "src", tmp_path / "dst") == 0
     assert _read_array_record(tmp_path / "dst" / "train" / "e.array_record") == []
     m = json.loads((tmp_path / "dst" / "manifest.json").read_text())
@@ -385,7 +376,7 @@ def test_empty_shard(tmp_path):
 def test_single_file_source_and_dst_inside_src(tmp_path):
     src = tmp_path / "src"
     payloads = [_clip(800, "a", "1"), b"not an example"]
-    _write_shard(src / "one.tfrecord", payloads)
+    write_tfrecord(src / "one.tfrecord", payloads)
     assert _convert(src / "one.tfrecord", tmp_path / "single") == 0
     assert _read_array_record(tmp_path / "single" / "one.array_record") == payloads[:1]
     # DST inside SRC: its quarantine TFRecords must never be taken for sources on a re-run.
@@ -405,7 +396,7 @@ def sharded_src(clean_src):
     """clean_src plus a fourth shard holding one good and one bad record (so the quarantine is not empty)."""
     src, payloads = clean_src
     recs = [_clip(2400, "c", "extra-0"), b"not an example"]
-    _write_shard(src / "train" / "zz-extra.tfrecord", recs)
+    write_tfrecord(src / "train" / "zz-extra.tfrecord", recs)
     return src, {**payloads, "train/zz-extra": recs}
 
 

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from helpers.records import write_tfrecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,17 +34,6 @@ def _golden_payloads() -> list[bytes]:
         (GOLDENS / "all_kinds.det.pb").read_bytes(),
         b"x" * 300,
     ]
-
-
-def _write(path: Path, payloads: list[bytes]) -> list[int]:
-    """Writes payloads; returns each record's byte offset."""
-    offsets, pos = [], 0
-    with TFRecordWriter(path) as w:
-        for p in payloads:
-            w.write(p)
-            offsets.append(pos)
-            pos += 16 + len(p)
-    return offsets
 
 
 # ---------------------------------------------------------------------------------------- CRC32C
@@ -91,7 +81,7 @@ def test_reads_tensorflow_gzip_file():
 
 
 def test_writes_tensorflow_bytes_exactly(tmp_path):
-    _write(tmp_path / "ours.tfrecord", _golden_payloads())
+    write_tfrecord(tmp_path / "ours.tfrecord", _golden_payloads())
     assert (tmp_path / "ours.tfrecord").read_bytes() == (GOLDENS / "records.tfrecord").read_bytes()
 
 
@@ -107,7 +97,7 @@ def test_gzip_writer_round_trip(tmp_path):
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_round_trip(tmp_path_factory, payloads):
     path = tmp_path_factory.mktemp("rt") / "x.tfrecord"
-    offsets = _write(path, payloads)
+    offsets = write_tfrecord(path, payloads)
     assert list(iter_tfrecord(path)) == list(zip(offsets, payloads, strict=True))
     assert count_tfrecord(path) == len(payloads)
     assert path.read_bytes() == b"".join(encode_record(p) for p in payloads)
@@ -120,7 +110,7 @@ def test_round_trip(tmp_path_factory, payloads):
 def three(tmp_path):
     path = tmp_path / "shard.tfrecord"
     payloads = [b"a" * 10, b"b" * 20, b"c" * 30]
-    return path, payloads, _write(path, payloads)
+    return path, payloads, write_tfrecord(path, payloads)
 
 
 def _corrupt(path: Path, pos: int) -> None:

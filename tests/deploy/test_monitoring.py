@@ -11,64 +11,11 @@ import textwrap
 
 import pytest
 import yaml
+from helpers.metric_names import HISTOGRAMS, SERVER_METRICS, TRAINER_METRICS
 
 from tools import alerts, dashboards, k8s_render
 from tools.k8s_values import load_values
 
-# Preamble interface 7: every metric the trainer and the server export.
-TRAINER_METRICS = {
-    "sawt_train_step",
-    "sawt_train_step_time_seconds",
-    "sawt_train_loss",
-    "sawt_train_grad_norm",
-    "sawt_train_learning_rate",
-    "sawt_train_tokens_per_second",
-    "sawt_train_samples_per_second",
-    "sawt_train_audio_seconds_per_second",
-    "sawt_train_data_wait_seconds",
-    "sawt_train_mfu_ratio",
-    "sawt_train_checkpoint_save_seconds",
-    "sawt_train_checkpoint_last_step",
-    "sawt_train_checkpoint_last_timestamp_seconds",
-    "sawt_train_eval_wer_ratio",
-    "sawt_train_eval_cer_ratio",
-    "sawt_train_device_memory_bytes",
-    "sawt_train_bad_records_total",
-    "sawt_train_nonfinite_skips_total",
-    "sawt_train_expert_load_ratio",
-    "sawt_train_expert_load_min_ratio",
-    "sawt_train_expert_load_max_ratio",
-    "sawt_train_resumes_total",
-}
-SERVER_METRICS = {
-    "sawt_time_to_first_token_seconds",
-    "sawt_inter_token_latency_seconds",
-    "sawt_e2e_request_latency_seconds",
-    "sawt_request_queue_time_seconds",
-    "sawt_request_prefill_time_seconds",
-    "sawt_request_decode_time_seconds",
-    "sawt_num_requests_running",
-    "sawt_num_requests_waiting",
-    "sawt_kv_cache_usage_ratio",
-    "sawt_prompt_tokens_total",
-    "sawt_generation_tokens_total",
-    "sawt_request_success_total",
-    "sawt_audio_seconds_total",
-    "sawt_real_time_factor",
-    "sawt_http_requests_total",
-}
-HISTOGRAMS = {
-    "sawt_train_step_time_seconds",
-    "sawt_train_data_wait_seconds",
-    "sawt_train_checkpoint_save_seconds",
-    "sawt_time_to_first_token_seconds",
-    "sawt_inter_token_latency_seconds",
-    "sawt_e2e_request_latency_seconds",
-    "sawt_request_queue_time_seconds",
-    "sawt_request_prefill_time_seconds",
-    "sawt_request_decode_time_seconds",
-    "sawt_real_time_factor",
-}
 REQUIRED_PANELS = {
     "training": {
         "Loss",

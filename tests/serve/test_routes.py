@@ -175,27 +175,30 @@ def test_auth_bearer_token(wav_2s):
             assert httpx.get(url + open_path).status_code == 200
 
 
+def _post_concurrently(url: str, data: dict[str, str], n: int) -> list[httpx.Response]:
+    """``n`` transcription requests of 3 s of audio, each from its own thread, all at once."""
+    results: list[httpx.Response] = []
+
+    def send():
+        results.append(
+            httpx.post(
+                url + "/v1/audio/transcriptions", data=data, files={"file": wav_bytes(3.0)}, timeout=30
+            )
+        )
+
+    threads = [threading.Thread(target=send) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_queue_full_sheds_with_429_and_retry_after():
     engine = FakeEngine(max_batch=1, max_queue=1, step_s=1.0)  # slow: all 6 overlap, even on a busy machine
     app = make_app(engine, retry_after_s=3)
     with serve_in_thread(app) as url:
-        results: list[httpx.Response] = []
-
-        def send():
-            results.append(
-                httpx.post(
-                    url + "/v1/audio/transcriptions",
-                    data={"model": MODEL},
-                    files={"file": wav_bytes(3.0)},
-                    timeout=30,
-                )
-            )
-
-        threads = [threading.Thread(target=send) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = _post_concurrently(url, {"model": MODEL}, 6)
         codes = sorted(r.status_code for r in results)
         assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         shed = [r for r in results if r.status_code == 429]
@@ -239,23 +242,7 @@ def test_http_admission_sheds_before_reading_bodies():
     engine = FakeEngine(max_batch=8, max_queue=64, step_s=1.0)
     app = make_app(engine, max_batch=1, max_queue=1)
     with serve_in_thread(app) as url:
-        results: list[httpx.Response] = []
-
-        def send():
-            results.append(
-                httpx.post(
-                    url + "/v1/audio/transcriptions",
-                    data={"model": MODEL, "stream": "true"},
-                    files={"file": wav_bytes(3.0)},
-                    timeout=30,
-                )
-            )
-
-        threads = [threading.Thread(target=send) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = _post_concurrently(url, {"model": MODEL, "stream": "true"}, 6)
         codes = [r.status_code for r in results]
         assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         assert engine.max_seen_running <= 2
