@@ -312,9 +312,9 @@ def orbax_to_hf(
     bar = progress(None, total=writer.total_bytes, desc="orbax-to-hf", unit="B") if show_progress else None
     try:
         for spec in specs:
-            leaf = read_params(root / PARAMS_DIR, [spec.path])[spec.path]
+            leaf = _open_leaf(root / PARAMS_DIR, spec.path, read_params)
             for idx, key in spec.hf_keys():
-                tensor = spec.to_hf(leaf[idx])
+                tensor = spec.to_hf(np.asarray(leaf[idx]))
                 writer.write(prefix + key, tensor)
                 if bar is not None:
                     bar.update(tensor.nbytes)
@@ -329,6 +329,28 @@ def orbax_to_hf(
     os.rename(staging, out_dir)
     log(f"wrote {len(plan)} tensors ({writer.total_bytes / 1e9:.2f} GB) to {out_dir}")
     return {"tensors": len(plan), "bytes": writer.total_bytes, "prefix": prefix}
+
+
+class _ZarrLeaf:
+    """Reads slices of one plain-zarr3 leaf on demand (what `sawt convert` writes), never the whole leaf."""
+
+    def __init__(self, array_dir: Path):
+        import tensorstore as ts
+
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir)}}
+        self._store = ts.open(spec, open=True).result()
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self._store[index].read().result()
+
+
+def _open_leaf(params_dir: Path, path: tuple[str, ...], read_params):
+    """A sliceable view of one leaf: streamed from a plain zarr3 array, else (OCDBT, as the trainer
+    writes) restored whole by Orbax."""
+    array_dir = params_dir / ".".join(path)
+    if (array_dir / "zarr.json").is_file():
+        return _ZarrLeaf(array_dir)
+    return read_params(params_dir, [path])[path]
 
 
 def main(args: argparse.Namespace) -> int:

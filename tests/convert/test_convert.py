@@ -304,3 +304,20 @@ def test_conversion_peak_rss_is_largest_leaf_plus_under_1gb(tmp_path):
     peak = int(proc.stdout.strip().splitlines()[-1])
     assert largest > 300e6
     assert peak - largest < 1e9, f"peak {peak / 1e9:.2f} GB, largest leaf {largest / 1e9:.2f} GB"
+
+
+def test_export_from_a_trainer_style_ocdbt_step(tmp_path):
+    """A step directory whose params Orbax wrote with its defaults (OCDBT, like the trainer) exports exactly."""
+    import orbax.checkpoint as ocp
+
+    hf = write_synthetic_hf(tmp_path / "hf", CFG, prefix="thinker.", dtype="bf16")
+    hf_to_orbax(hf, tmp_path / "ckpt", log=_quiet, show_progress=False)
+    _, params = load_model_checkpoint(tmp_path / "ckpt")
+    step = tmp_path / "run" / "checkpoints" / "7"
+    step.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(step / "params", params)
+    shutil.copy(tmp_path / "ckpt" / MODEL_CONFIG_FILE, step)
+    assert (step / "params" / "manifest.ocdbt").exists()
+    orbax_to_hf(tmp_path / "run", tmp_path / "back", prefix="thinker.", log=_quiet, show_progress=False)
+    _assert_bit_exact(_all_tensors(hf), _all_tensors(tmp_path / "back"))
