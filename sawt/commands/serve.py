@@ -58,18 +58,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-new-tokens", type=int, default=448, help="most tokens generated per window (default: 448)"
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help=(
+            "dev loop only (skaffold's dev profile): run the server as a child process and restart it (SIGTERM, "
+            "drain, reload the model, recompile) whenever a .py file of the installed inference_server, "
+            "trainer or sawt packages changes (default: off)"
+        ),
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     import logging
     import os
+    import sys
 
     from sawt.cli import UsageError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.reload:
+        from inference_server.reloader import main as reload_main
+
+        # The child runs `sawt <the same arguments>` minus --reload, so it is this command line's argv.
+        return reload_main(sys.argv[1:])
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore step at INFO
     api_key = None
     if args.api_key_env:
