@@ -40,8 +40,13 @@ COPY inference_server/ inference_server/
 COPY tools/ tools/
 COPY bench/ bench/
 # The dependencies are all in place already; hatchling comes from the lock, so nothing is downloaded here.
+# Our own installed packages (only those, never the dependencies) belong to the runtime user, so that
+# skaffold's dev-profile file sync can copy edited .py files over them; `sawt serve --reload` then restarts
+# the server (docs/deploy.md, step 7). Outside that profile nothing writes there.
 RUN pip install --no-deps --no-build-isolation . \
-    && sawt --help >/dev/null
+    && sawt --help >/dev/null \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && chown -R 1000:1000 "$site/inference_server" "$site/trainer" "$site/sawt" "$site/tools"
 
 USER 1000:1000
 WORKDIR /home/sawt
