@@ -3,7 +3,7 @@
 This file is executed by the reference venv's Python (3.11, torch CPU, transformers; `make goldens` builds
 it), so it imports nothing from sawt. It loads a bare-thinker HF directory with
 `Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained` and reads a batch from an .npz in our batch
-layout (preamble interface 1):
+layout (docs/interfaces.md §1):
 
     python bench/hf_ref.py logits   --hf DIR --batch IN.npz --out OUT.npz
     python bench/hf_ref.py train    --hf DIR --batch IN.npz --steps N --out OUT.json

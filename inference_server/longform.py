@@ -6,7 +6,7 @@ is transcribed on its own and the overlapping hypotheses are merged where they a
 window's edge are unreliable, so the merge keeps the earlier window's text up to the agreed run and the
 later window's text after it.
 
-Used by `sawt transcribe` and the server (preamble interface 9).
+Used by `sawt transcribe` and the server (docs/interfaces.md §9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus series of the server, vLLM's conventions under the ``sawt_`` prefix (preamble interface 7).
+"""Prometheus series of the server, vLLM's conventions under the ``sawt_`` prefix (docs/interfaces.md §7).
 
 The engine reports `RequestStats` per finished request; `ServerMetrics.observe` turns them into series.
 Gauges (running, waiting, slot usage) are read from the engine at scrape time by a collector, so they are

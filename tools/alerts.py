@@ -2,7 +2,7 @@
 
 The monitoring workload wraps them in a GMP `Rules` or a prometheus-operator `PrometheusRule`;
 k8s/alerts/sawt-rules.yaml holds them with default thresholds for `promtool check rules` and for
-Prometheus setups that load rule files. Metric names are the ones of preamble interface 7.
+Prometheus setups that load rule files. Metric names are the ones of docs/interfaces.md §7.
 """
 
 from __future__ import annotations

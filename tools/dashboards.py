@@ -1,6 +1,6 @@
 """Grafana dashboards for the trainer and the server, built from data (a small builder, no dependency).
 
-Each panel is a `Panel` of PromQL targets over the metric names of preamble interface 7. The JSON files in
+Each panel is a `Panel` of PromQL targets over the metric names of docs/interfaces.md §7. The JSON files in
 k8s/dashboards/ are generated from here (``python -m tools.k8s_render --dashboards``) and a test checks
 that they match; the monitoring workload wraps each dashboard in a ConfigMap for Grafana's sidecar.
 `panel_queries` lists every panel's PromQL with Grafana's variables replaced, so that each query can be

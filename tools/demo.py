@@ -148,7 +148,7 @@ STEPS: list[Step] = [
 ]
 
 
-# ------------------------------------------------------------------ training steps (trainer, engineer G)
+# ------------------------------------------------------------------ training steps (trainer)
 
 
 def _train_argv(demo: Demo) -> list[str]:

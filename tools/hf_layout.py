@@ -1,6 +1,6 @@
-"""A streaming view of the HF key table: one `LeafSpec` per canonical leaf (preamble interface 4).
+"""A streaming view of the HF key table: one `LeafSpec` per canonical leaf (docs/interfaces.md §4).
 
-The table itself (which HF tensors make each leaf, and the transform of each) is C1's
+The table itself (which HF tensors make each leaf, and the transform of each) is
 `trainer.model.hf_names.entries`; slice shapes come from the model's own abstract parameter tree. This module
 only adds what streaming needs: the expected HF shape of every tensor (to check a checkpoint before reading
 it) and the stacked index of each HF tensor, so one slice can be read, transformed and placed at a time.

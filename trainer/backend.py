@@ -1,7 +1,7 @@
 """The real training backend: the NNX Thinker (trainer/model) and the Grain loader (trainer/data/loader.py).
 
-The loop in trainer/train.py sees the model as pure functions over the canonical parameter tree (preamble
-interface 4), which is exactly ``nnx.to_pure_dict`` of the Thinker's params, so the train state, the
+The loop in trainer/train.py sees the model as pure functions over the canonical parameter tree (interfaces
+§4), which is exactly ``nnx.to_pure_dict`` of the Thinker's params, so the train state, the
 checkpoint's ``params`` item and a converted HF checkpoint are one and the same tree.
 
 The train section's precision and remat settings, where set, override the model section's (the model applies

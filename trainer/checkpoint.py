@@ -1,7 +1,7 @@
 """Thin wrapper over Orbax's CheckpointManager: what a trainer checkpoint holds and how it commits.
 
 A step directory ``DIR/<step>/`` holds the items
-- ``params/``: the canonical parameter tree (preamble interface 4), so `trainer/model_checkpoint.py` and
+- ``params/``: the canonical parameter tree (docs/interfaces.md §4), so `trainer/model_checkpoint.py` and
   the server load a trainer checkpoint like a converted one;
 - ``opt_state/``: the optimizer state (frozen parameters have none);
 - ``train_meta/train_meta.json``: step, RNG, non-finite counters, the experiment config, and the
@@ -35,7 +35,7 @@ META_ITEM = "train_meta"
 class _StepDirJsonHandler(JsonCheckpointHandler):
     """Writes its JSON item at the top of the step directory instead of inside an item subdirectory.
 
-    The model-checkpoint layout (preamble interface 6) wants ``<step>/model_config.json``; writing it from
+    The model-checkpoint layout (docs/interfaces.md §6) wants ``<step>/model_config.json``; writing it from
     inside the save keeps it under Orbax's commit protocol (temporary dir or commit marker).
     """
 

@@ -1,4 +1,4 @@
-"""Training metrics: Prometheus (names of preamble interface 7), stdout lines and a metrics.jsonl.
+"""Training metrics: Prometheus (names of docs/interfaces.md §7), stdout lines and a metrics.jsonl.
 
 Every process serves its own ``/metrics`` (label ``process``); only process 0 writes ``metrics.jsonl``.
 The registry is injected, so tests read it without a server and nothing is global.

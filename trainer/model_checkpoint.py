@@ -1,4 +1,4 @@
-"""The model checkpoint directory (preamble interface 6): what `sawt convert` writes and the trainer/server load.
+"""The model checkpoint directory (interfaces §6): what `sawt convert` writes and the trainer/server load.
 
 Layout::
 

@@ -1,6 +1,6 @@
 """The optimizer: AdamW with warmup + decay, global-norm clipping, and freezing by parameter group.
 
-Parameters are addressed by their path in the canonical tree (preamble interface 4), e.g.
+Parameters are addressed by their path in the canonical tree (docs/interfaces.md §4), e.g.
 ``model/layers/mlp/experts/gate_proj``. A frozen parameter is routed to `optax.set_to_zero`, which keeps no
 state, so freezing the audio encoder or the experts also frees their two AdamW moments.
 """

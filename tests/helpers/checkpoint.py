@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def make_tiny_checkpoint(out: Path, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
-    """Writes a model checkpoint directory (preamble interface 6) with random weights; returns it.
+    """Writes a model checkpoint directory (docs/interfaces.md §6) with random weights; returns it.
 
     ``overrides`` are dotted ``key=value`` changes to the tiny preset (e.g. ``model.text.hidden_size=512``).
     """

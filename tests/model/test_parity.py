@@ -109,7 +109,7 @@ def test_every_moe_path_matches_hf(impl):
 
 
 def test_data_pipeline_log_mel_feeds_the_encoder_like_hf():
-    """Engineer B's `log_mel` (the loader's features) vs HF WhisperFeatureExtractor, then through our encoder."""
+    """`log_mel` (the loader's features) vs HF WhisperFeatureExtractor, then through our encoder."""
     from tools.hf_reference.make_goldens import CLIP_SECONDS, waveform
     from trainer.data.audio import log_mel
 

@@ -194,7 +194,7 @@ def test_dead_peer_makes_the_others_exit_nonzero(tmp_path):
 
 
 def test_load_from_a_run_dir_starts_from_its_params(tmp_path):
-    """load_from= resolves a run dir to its latest step (C2's resolver) and starts from those params."""
+    """load_from= resolves a run dir to its latest step (resolve_checkpoint) and starts from those params."""
     first = tmp_path / "first"
     code, out = finish(sawt_train(first, "train.steps=3", "checkpoint.every=100"))
     assert code == 0, out

@@ -1,4 +1,4 @@
-"""The canonical parameter tree (preamble interface 4): what conversion writes and trainer/server load.
+"""The canonical parameter tree (docs/interfaces.md §4): what conversion writes and trainer/server load.
 
 The tree is a nested dict of arrays whose paths are exactly the Thinker's NNX attribute paths, e.g.
 `model/layers/mlp/experts/gate_proj` [L, E, H, I]. Text and audio layers are stacked on a leading axis.

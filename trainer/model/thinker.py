@@ -1,7 +1,7 @@
 """The thinker: audio encoder + MoE decoder + lm_head, with audio features spliced into the text.
 
 `Thinker(config, rngs=nnx.Rngs(seed))(batch) -> ThinkerOutput(logits [B,S,V] fp32, router_stats)` where
-`batch` is the loader's dict (preamble interface 1). Keys used: `input_ids`, `token_mask`, `positions`, and
+`batch` is the loader's dict (docs/interfaces.md §1). Keys used: `input_ids`, `token_mask`, `positions`, and
 for audio `audio_mel`, `audio_frames`, `audio_tokens`, `audio_offset` (absent or `audio_mel=None` means a
 text-only batch).
 
