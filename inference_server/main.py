@@ -21,7 +21,7 @@ log = logging.getLogger("sawt.serve")
 
 
 def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: int | None = None):
-    """A `ModelEngine` for a model checkpoint directory (preamble interface 6); loading happens in `start`."""
+    """A `ModelEngine` for a model checkpoint directory (docs/interfaces.md §6); loading happens in `start`."""
     from inference_server.model_engine import ModelEngine, TextSide
 
     checkpoint = Path(checkpoint)

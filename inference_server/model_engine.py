@@ -45,7 +45,7 @@ MAX_OVERLAP_WORDS = 24
 
 @dataclass(frozen=True)
 class AsrPrompt:
-    """What the runner prefills for one audio window (one row of the preamble's batch dict)."""
+    """What the runner prefills for one audio window (one row of the batch dict, docs/interfaces.md §1)."""
 
     input_ids: np.ndarray  # int32 [S]
     audio_mel: np.ndarray  # float32 [128, F]

@@ -38,12 +38,12 @@ SAME_PROGRAM_FOR_ANY_LENGTH = ("optimizer.decay=constant", "optimizer.warmup_ste
 # The end-of-run evaluation still runs (and so is tested), on one batch with short hypotheses.
 SMALL_EVAL = ("eval.max_batches=1", "eval.max_new_tokens=8")
 CLIP_TEXT = "السلام عليكم ورحمة الله"
-# Who is building each command the smoke runs need, for the NOT RUN message.
-COMMAND_OWNERS = {
-    "data": "engineers A/B",
-    "train": "engineer G",
-    "serve": "engineer H",
-    "convert": "engineer C2",
+# Where each command the smoke runs need is implemented, for the NOT RUN message.
+COMMAND_SOURCES = {
+    "data": "tools/data_*.py",
+    "train": "trainer/train.py",
+    "serve": "inference_server/main.py",
+    "convert": "tools/convert_hf.py",
 }
 
 
@@ -92,8 +92,8 @@ def require_command(podman: Podman, image: str, command: str, *sub: str) -> None
     if done.returncode == 0:
         return
     if "invalid choice" in done.stderr:
-        owner = COMMAND_OWNERS.get(command, "another engineer")
-        raise StepNotRunnable(f"`sawt {' '.join((command, *sub))}` is not in this source tree yet ({owner})")
+        source = COMMAND_SOURCES.get(command, f"sawt/commands/{command}.py")
+        raise StepNotRunnable(f"`sawt {' '.join((command, *sub))}` is not in this source tree yet ({source})")
     raise StepFailed(
         f"`sawt {command} {' '.join(sub)} --help` exited {done.returncode}: {done.stderr[-1500:]}"
     )
@@ -173,7 +173,10 @@ class SmokeRun:
     def trainer_train(self) -> None:
         require_command(self.podman, TRAINER_IMAGE, "train")
         require_module(
-            self.podman, TRAINER_IMAGE, "trainer.backend", "the real Thinker + Grain backend, engineer G"
+            self.podman,
+            TRAINER_IMAGE,
+            "trainer.backend",
+            "the real Thinker + Grain backend, trainer/backend.py",
         )
         # JAX_PLATFORMS is left unset on purpose: the image must find no TPU and fall back to CPU by itself.
         self.run_in(TRAINER_IMAGE, "smoke-train.log", *self.train_argv("/data/run", 2, *SMALL_EVAL))
