@@ -40,7 +40,8 @@ demo: setup
 test: setup lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: setup
+# The slow suite includes live parity runs against HF PyTorch, so it builds the reference venv too.
+test-slow: setup $(VENV_REF)/.installed
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup

@@ -1,8 +1,8 @@
 """A converted checkpoint gives the logits that HF PyTorch computes from the original safetensors.
 
 The HF side runs in the reference venv `.venv-ref` (torch + transformers; `make goldens` builds it), through
-`bench/hf_ref.py`, on the very directory we convert. Without that venv the test is skipped and says how to
-make it.
+`bench/hf_ref.py`, on the very directory we convert. It is slow-marked: `make test-slow` builds that venv
+first. The default suite covers the same path against committed HF outputs (test_golden_parity.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 REF_PYTHON = REPO / ".venv-ref" / "bin" / "python"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.skipif(not REF_PYTHON.exists(), reason="no .venv-ref (torch reference venv): run `make goldens`")
-@pytest.mark.parametrize("prefix", ["", pytest.param("thinker.", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("prefix", ["", "thinker."])
 def test_converted_logits_match_hf_pytorch(tmp_path, prefix):
     from flax import nnx
 
