@@ -98,6 +98,14 @@ def _abstract_batch(mesh: Any, batch: int, seq: int, frames: int, mel: int) -> d
     }
 
 
+class PlanInputError(ValueError):
+    """The config cannot be planned for this topology; the message says what to change."""
+
+
+# Exit code of the compile subprocess for a config error (the parent prints the message, not a traceback).
+EXIT_BAD_INPUT = 2
+
+
 def plan(
     config: str,
     overrides: list[str],
@@ -134,14 +142,21 @@ def plan(
     frames = frames or cfg.data.buckets[-1][0]
     seq = seq or cfg.data.buckets[-1][1]
     batch = cfg.train.global_batch_size
+    shape = dict(zip(("data", "fsdp", "expert", "tensor"), mesh_shape(cfg.mesh, len(devices)), strict=True))
+    # The batch axis is sharded over data x fsdp x expert; XLA's own error for a misfit is an opaque traceback.
+    batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
+    if batch % batch_ways:
+        raise PlanInputError(
+            f"train.global_batch_size={batch} does not split over the batch axes "
+            f"(data x fsdp x expert = {batch_ways} on {topology}); use a multiple of {batch_ways}, "
+            f"e.g. train.global_batch_size={batch_ways * max(1, -(-batch // batch_ways))}"
+        )
     result: dict[str, Any] = {
         "config": config,
         "overrides": overrides,
         "topology": topology,
         "chips": topo.chips,
-        "mesh": dict(
-            zip(("data", "fsdp", "expert", "tensor"), mesh_shape(cfg.mesh, len(devices)), strict=True)
-        ),
+        "mesh": shape,
         "global_batch": batch,
         "seq_len": seq,
         "audio_frames": frames,
@@ -241,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    result = plan(args.config, args.overrides, args.topology, args.mfu, args.seq, args.frames)
+    try:
+        result = plan(args.config, args.overrides, args.topology, args.mfu, args.seq, args.frames)
+    except PlanInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from sawt.fileio import atomic_write_json
 
     atomic_write_json(args.out, result)

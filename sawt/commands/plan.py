@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sawt.cli import UsageError
-    from tools.aot_plan import AOT_ENV, TOPOLOGIES, format_plan
+    from tools.aot_plan import AOT_ENV, EXIT_BAD_INPUT, TOPOLOGIES, format_plan
     from trainer.config import load_experiment
 
     if args.topology not in TOPOLOGIES:
@@ -109,6 +109,9 @@ def _run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             print(f"sawt plan: compile did not finish in {args.timeout:.0f} s", file=sys.stderr)
             return 1
+        if proc.returncode == EXIT_BAD_INPUT:
+            message = [line for line in proc.stdout.splitlines() if line.startswith("error: ")]
+            raise UsageError(message[-1].removeprefix("error: ") if message else "invalid plan input")
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join(
                 line for line in proc.stdout.splitlines() if not line.startswith(("E0", "W0", "I0"))

@@ -24,3 +24,12 @@ def test_plan_tiny_v4_8(tmp_path, capsys):
 def test_plan_rejects_unknown_topology(capsys):
     assert main(["plan", "--config", "tiny", "--topology", "v9-1"]) == 2
     assert "v4-32" in capsys.readouterr().err
+
+
+def test_plan_names_a_batch_that_does_not_split_over_the_slice(capsys):
+    # tiny's global batch of 8 cannot be sharded over a v4-32's 16 chips: a usage error, not a traceback.
+    assert main(["plan", "--config", "tiny", "--topology", "v4-32"]) == 2
+    err = capsys.readouterr().err
+    assert "train.global_batch_size=8 does not split" in err
+    assert "train.global_batch_size=16" in err
+    assert "Traceback" not in err
