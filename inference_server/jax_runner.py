@@ -106,17 +106,10 @@ class JaxRunner:
         return logits_bv[0], rows
 
     def _decode_fn(self, state, cache, tokens_b, active_b, rows):
+        # The full slot cache goes in (donated) and only its first `rows` rows are read and written, in
+        # place: no slice of the cache and no write-back per step.
         model = nnx.merge(self._graphdef, state)
-        if rows == self.num_slots:
-            return generate.decode_step(model, cache, tokens_b, active_b)
-        sub = generate.KVCache(cache.k[:, :rows], cache.v[:, :rows], cache.lengths[:rows])
-        logits_bv, sub = generate.decode_step(model, sub, tokens_b[:rows], active_b[:rows])
-        cache = generate.KVCache(
-            jax.lax.dynamic_update_slice_in_dim(cache.k, sub.k, 0, axis=1),
-            jax.lax.dynamic_update_slice_in_dim(cache.v, sub.v, 0, axis=1),
-            jax.lax.dynamic_update_slice_in_dim(cache.lengths, sub.lengths, 0, axis=0),
-        )
-        return logits_bv, cache
+        return generate.decode_step(model, cache, tokens_b[:rows], active_b[:rows])
 
     # ---- ModelRunner ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ compile time flat in depth. The same layer code serves three modes: the full for
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -86,32 +87,40 @@ class TextModel(nnx.Module):
         return self.norm(h), stats, kv
 
     def decode(self, x, positions, cache_k, cache_v, lengths):
-        """One token per row against a KV cache.
+        """One token per row against a KV cache, updating the cache in place.
+
+        The whole cache rides in the layer loop's carry and each layer writes only its new token's K/V
+        (a scatter into the carried buffer), so no layer slices its cache out and re-stacks it: with the
+        cache donated by the jitted caller, XLA updates it in place and a step costs no cache copy.
 
         Args:
-            x: [B, 1, H] embeddings of the new tokens.
-            positions: int [B, 1].
+            x: [R, 1, H] embeddings of the new tokens, for the first R rows of the cache (R <= B; the
+                serving engine runs a prefix of its slots; the other rows are neither read nor written).
+            positions: int [R, 1].
             cache_k, cache_v: [L, B, T, Nkv, hd]; slots < lengths[b] hold row b's earlier tokens.
-            lengths: int [B]: the slot where each row's new K/V is written.
+            lengths: int [R]: the slot where each row's new K/V is written.
 
         Returns:
-            (hidden [B, 1, H], new cache_k, new cache_v).
+            (hidden [R, 1, H], new cache_k, new cache_v) with the caches' full shape.
         """
-        b = x.shape[0]
-        t = cache_k.shape[2]
+        r = x.shape[0]
+        _, _, t, nkv, hd = cache_k.shape
         angles = self.angles(positions)
-        mask = (jnp.arange(t)[None, :] <= lengths[:, None])[:, None, :]  # [B, 1, T]
-        rows = jnp.arange(b)
-        token_mask = jnp.ones((b, 1), bool)
+        mask = (jnp.arange(t)[None, :] <= lengths[:, None])[:, None, :]  # [R, 1, T]
+        rows = jnp.arange(r)
+        token_mask = jnp.ones((r, 1), bool)
 
-        def body(layer: DecoderLayers, h, kv):
-            ck, cv = kv
+        def body(layer: DecoderLayers, carry, _):
+            h, ck_all, cv_all, i = carry
             q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), angles)
-            ck = ck.at[rows, lengths].set(k[:, 0].astype(ck.dtype))
-            cv = cv.at[rows, lengths].set(v[:, 0].astype(cv.dtype))
+            ck_all = ck_all.at[i, rows, lengths].set(k[:, 0].astype(ck_all.dtype))
+            cv_all = cv_all.at[i, rows, lengths].set(v[:, 0].astype(cv_all.dtype))
+            # Read-only views of this layer's first R rows (XLA fuses them into the attention reads).
+            ck = jax.lax.dynamic_slice(ck_all, (i, 0, 0, 0, 0), (1, r, t, nkv, hd))[0]
+            cv = jax.lax.dynamic_slice(cv_all, (i, 0, 0, 0, 0), (1, r, t, nkv, hd))[0]
             h = h + layer.self_attn.attend(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
             h, _ = layer.mlp_block(h, token_mask)
-            return h, (ck, cv)
+            return (h, ck_all, cv_all, i + 1), None
 
-        h, (cache_k, cache_v) = scan_layers(self.layers, body, x, (cache_k, cache_v))
+        (h, cache_k, cache_v, _), _ = scan_layers(self.layers, body, (x, cache_k, cache_v, jnp.int32(0)))
         return self.norm(h), cache_k, cache_v

@@ -83,23 +83,25 @@ def prefill(model: Thinker, batch: dict, max_len: int) -> tuple[jax.Array, KVCac
 def decode_step(
     model: Thinker, cache: KVCache, tokens: jax.Array, active: jax.Array | None = None
 ) -> tuple[jax.Array, KVCache]:
-    """Feeds one token per row.
+    """Feeds one token per row, updating the cache in place when the caller donates it.
 
     Args:
         model: the thinker.
         cache: the KV cache; row b's token goes to slot (and position) cache.lengths[b].
-        tokens: int [B].
-        active: bool [B]; inactive rows do not advance their length (their slot is rewritten later).
+        tokens: int [R] for the first R rows of the cache (R <= B, usually B; the serving engine runs the
+            smallest prefix of its slots that holds every active row); rows >= R are left untouched.
+        active: bool [R]; inactive rows do not advance their length (their slot is rewritten later).
 
     Returns:
-        (logits [B, V] fp32, updated cache).
+        (logits [R, V] fp32, updated cache of the same shape).
     """
-    lengths = cache.lengths
+    r = tokens.shape[0]
+    lengths = cache.lengths[:r]
     x = model.model.embed_tokens(tokens[:, None])
     h, k, v = model.model.decode(x, lengths[:, None], cache.k, cache.v, lengths)
     logits = model.logits(h)[:, 0]
     step = jnp.ones_like(lengths) if active is None else active.astype(jnp.int32)
-    return logits, KVCache(k, v, lengths + step)
+    return logits, KVCache(k, v, cache.lengths.at[:r].add(step))
 
 
 def _generate(
