@@ -95,9 +95,11 @@ class Checkpointer:
     """Saves and restores trainer state; keeps the last N and the best by validation WER."""
 
     def __init__(self, directory: str, cfg: CheckpointConfig):
-        self.directory = directory
         if not directory.startswith("gs://"):
+            # Orbax's multi-process commit rejects relative paths ("Checkpoint path should be absolute").
+            directory = str(Path(directory).resolve())
             Path(directory).mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         policies: list[Any] = [ocp.checkpoint_managers.preservation_policy.LatestN(n=cfg.keep_last)]
         if cfg.keep_best > 0:
             policies.append(

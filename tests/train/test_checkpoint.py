@@ -58,3 +58,11 @@ def test_atomicity_auto():
     assert atomicity_mode("gs://bucket/run", "auto").name == "COMMIT_FILE"
     assert atomicity_mode("/tmp/run", "auto").name == "ATOMIC_RENAME"
     assert atomicity_mode("/tmp/run", "commit_file").name == "COMMIT_FILE"
+
+
+def test_relative_directory_is_made_absolute(tmp_path, monkeypatch):
+    # Orbax's multi-process commit rejects relative paths, which `--run-dir runs/x` produces.
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpointer("runs/x/checkpoints", CheckpointConfig())
+    assert ckpt.directory == str(tmp_path / "runs" / "x" / "checkpoints")
+    assert (tmp_path / "runs" / "x" / "checkpoints").is_dir()
