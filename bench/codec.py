@@ -14,10 +14,8 @@ Peers:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -187,16 +185,9 @@ def bench_convert(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args(argv)
-    results = {"example_decode": bench_example_decode(args.quick), "convert": bench_convert(args.quick)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+    from bench.standalone import run_standalone
+
+    return run_standalone(__doc__, {"example_decode": bench_example_decode, "convert": bench_convert}, argv)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ Peers:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -213,16 +211,9 @@ def bench_loader(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args(argv)
-    results = {"logmel": bench_logmel(args.quick), "loader": bench_loader(args.quick)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+    from bench.standalone import run_standalone
+
+    return run_standalone(__doc__, {"logmel": bench_logmel, "loader": bench_loader}, argv)
 
 
 if __name__ == "__main__":
