@@ -27,7 +27,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml requirements/lock.txt
+$(VENV)/.installed: pyproject.toml requirements/lock.txt hatch_build.py trainer/data/_example_fast.c
 	@if [ -z "$(PY312)" ]; then echo "error: python3.12 not found (tried PATH and ~/.pyenv/versions/3.12*)" >&2; exit 1; fi
 	@test -x $(PY) || $(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/lock.txt

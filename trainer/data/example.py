@@ -1,4 +1,4 @@
-"""`tf.train.Example` encoder and decoder in pure Python + numpy (no TensorFlow, no protobuf runtime).
+"""`tf.train.Example` encoder and decoder: Python + numpy, one small C fast path (no TensorFlow, no protobuf).
 
 The wire format (TensorFlow's example.proto / feature.proto):
 
@@ -21,11 +21,17 @@ both key and value written for every map entry, and map entries in the order of 
 TF's non-deterministic ``SerializeToString()`` uses hash-table order, which no other writer reproduces.
 Decoding accepts everything a conforming protobuf parser accepts: unpacked floats and ints, chunks of both
 mixed, fields in any order, repeated (merged) messages and unknown fields at every level.
+
+Decoding runs in two tiers. A fast path reads exactly the layout TensorFlow writes in one pass and steps
+aside (returns None) for anything else; the generic parser then decides the result or the error. The fast
+path is compiled C (`_example_fast.c`, built by hatch_build.py at install time) where a C compiler was
+available, else its Python reference `_decode_canonical`; both give identical results, and
+`FAST_DECODER_IMPL` says which one runs ("c" or "python").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -535,6 +541,26 @@ def _as_buffer(data: bytes | bytearray | memoryview) -> bytes:
     return data if isinstance(data, bytes) else bytes(data)
 
 
+def _load_compiled_fast_path() -> Callable[[bytes], dict | None] | None:
+    """The C twin of `_decode_canonical`, or None where the extension was not built (no C compiler)."""
+    try:
+        from trainer.data import _example_fast
+    except ImportError:
+        return None
+    # The module has no numpy headers: it makes its arrays with these callables and dtypes.
+    _example_fast._configure(np.frombuffer, np.empty, _F32, np.dtype(np.int64))
+    return _example_fast.decode_canonical
+
+
+# Every fast path that is available here, by name; "python" always is.
+FAST_DECODERS: dict[str, Callable[[bytes], dict | None]] = {"python": _decode_canonical}
+if (_compiled := _load_compiled_fast_path()) is not None:
+    FAST_DECODERS["c"] = _compiled
+# The one place that chooses: the compiled fast path when it was built, else the Python one.
+FAST_DECODER_IMPL = "c" if "c" in FAST_DECODERS else "python"
+_decode_fast = FAST_DECODERS[FAST_DECODER_IMPL]
+
+
 def decode_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
     """Parses a serialized `tf.train.Example`.
 
@@ -549,8 +575,8 @@ def decode_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
     Raises:
         DecodeError: the bytes are not a well-formed Example.
     """
-    buf = _as_buffer(data)
-    decoded = _decode_canonical(buf)
+    buf = data if type(data) is bytes else _as_buffer(data)
+    decoded = _decode_fast(buf)
     if decoded is None:
         decoded = {name: feature.value(buf) for name, feature in _parse_generic(buf).items()}
     return decoded
