@@ -1,5 +1,7 @@
 """tf.train.Example codec: TensorFlow goldens, protobuf equivalence, hand-built encodings, speech validation.
 
+Every test runs twice, once with each fast path of the decoder (the compiled C one and its Python reference).
+
 The goldens under tests/goldens/data/ were written by real TensorFlow 2.21 (tools/make_tf_goldens.py); the
 protobuf peer is google.protobuf (upb) running a descriptor with TF's field numbers (tools/example_proto.py).
 """
@@ -28,6 +30,17 @@ from trainer.data.example import (
 )
 
 GOLDENS = Path(__file__).resolve().parents[1] / "goldens" / "data"
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def fast_impl(request, monkeypatch):
+    """Runs every test here with each fast path of the decoder (test_example_fast.py checks "c" is built)."""
+    from trainer.data import example
+
+    if request.param not in example.FAST_DECODERS:
+        pytest.skip(f"the {request.param!r} fast path is not built here")
+    monkeypatch.setattr(example, "_decode_fast", example.FAST_DECODERS[request.param])
+    return example.FAST_DECODERS[request.param]
 
 
 def _golden(name: str) -> bytes:
@@ -424,13 +437,18 @@ def test_expected_rate_none_accepts_any_positive_rate():
         decode_speech(_speech(sample_rate=0), expected_rate=None)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The fixture is function-scoped but the same for every example of one run (one fast path), so reusing it is safe.
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.one_of(_features.map(encode_example), _mutated_examples()))
-def test_fast_path_agrees_with_the_generic_parser(data):
+def test_fast_path_agrees_with_the_generic_parser(fast_impl, data):
     """The one-pass decoder of TF's layout must give what the generic parser gives, or step aside."""
-    from trainer.data.example import _decode_canonical, _parse_generic
+    from trainer.data.example import _parse_generic
 
-    fast = _decode_canonical(data)
+    fast = fast_impl(data)
     try:
         generic = {name: f.value(data) for name, f in _parse_generic(data).items()}
     except DecodeError:
@@ -441,9 +459,7 @@ def test_fast_path_agrees_with_the_generic_parser(data):
         _assert_same(fast, generic)
 
 
-def test_fast_path_handles_what_tensorflow_writes():
-    from trainer.data.example import _decode_canonical
-
+def test_fast_path_handles_what_tensorflow_writes(fast_impl):
     for name in ("all_kinds.det.pb", "all_kinds.pb", "speech.det.pb"):
-        assert _decode_canonical(_golden(name)) is not None, name
-    assert _decode_canonical(_golden("unpacked.pb")) is None  # unpacked lists go to the generic parser
+        assert fast_impl(_golden(name)) is not None, name
+    assert fast_impl(_golden("unpacked.pb")) is None  # unpacked lists go to the generic parser
