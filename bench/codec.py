@@ -83,13 +83,17 @@ def bench_example_decode(quick: bool) -> dict[str, Any]:
     case for a copying parser); ``stream`` walks through distinct records (64 MB of them, as a loader
     does), so a parser that copies the audio pays for memory traffic.
 
+    ``decode_example`` runs whichever fast path this install has (``example_decode_impl``: "c", the
+    compiled one, or "python" without a C compiler); ``example_decode_speedup_python`` is the Python fast
+    path's figure, measured in the same run for reference.
+
     Returns:
         ``example_decode_speedup``: the headline, stream regime, CPU time, vs protobuf's fast path; the same
         in wall-clock time (``_wall``, inflated for the peer on a loaded machine), for the hot regime and
         vs element-by-element protobuf; and the raw microseconds per record.
     """
     from tools.example_proto import example_classes
-    from trainer.data.example import decode_example, decode_speech
+    from trainer.data.example import FAST_DECODER_IMPL, decode_example, decode_speech, use_fast_decoder
 
     pb = example_classes()
     seconds = 10.0
@@ -116,9 +120,14 @@ def bench_example_decode(quick: bool) -> dict[str, Any]:
     n = len(records)
     stream_ours = [t / n for t in _best_per_call(walk(decode_example), repeat, 1)]
     stream_pb = [t / n for t in _best_per_call(walk(lambda r: _protobuf_to_numpy(pb, r, False)), repeat, 1)]
+    # For reference: the pure-Python fast path (what a machine without a C compiler runs).
+    with use_fast_decoder("python"):
+        stream_py = [t / n for t in _best_per_call(walk(decode_example), repeat, 1)]
     wall, cpu = 0, 1
     return {
         "example_decode_speedup": stream_pb[cpu] / stream_ours[cpu],
+        "example_decode_impl": FAST_DECODER_IMPL,
+        "example_decode_speedup_python": stream_pb[cpu] / stream_py[cpu],
         "example_decode_speedup_wall": stream_pb[wall] / stream_ours[wall],
         "example_decode_speedup_hot": hot_pb[cpu] / hot_ours[cpu],
         "example_decode_speedup_hot_wall": hot_pb[wall] / hot_ours[wall],
@@ -127,6 +136,7 @@ def bench_example_decode(quick: bool) -> dict[str, Any]:
         "record_bytes": len(data),
         "stream_records": n,
         "us_ours_decode_example_stream_cpu": stream_ours[cpu] * 1e6,
+        "us_ours_python_fast_path_stream_cpu": stream_py[cpu] * 1e6,
         "us_protobuf_stream_cpu": stream_pb[cpu] * 1e6,
         "us_ours_decode_example_stream_wall": stream_ours[wall] * 1e6,
         "us_protobuf_stream_wall": stream_pb[wall] * 1e6,

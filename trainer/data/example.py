@@ -31,7 +31,8 @@ available, else its Python reference `_decode_canonical`; both give identical re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -559,6 +560,23 @@ if (_compiled := _load_compiled_fast_path()) is not None:
 # The one place that chooses: the compiled fast path when it was built, else the Python one.
 FAST_DECODER_IMPL = "c" if "c" in FAST_DECODERS else "python"
 _decode_fast = FAST_DECODERS[FAST_DECODER_IMPL]
+
+
+@contextlib.contextmanager
+def use_fast_decoder(impl: str) -> Iterator[None]:
+    """Makes `decode_example` (and all built on it) use the fast path ``impl`` inside the block.
+
+    For benchmarks and tests that compare the two; not thread-safe (it swaps a module global).
+
+    Raises:
+        KeyError: ``impl`` is not in `FAST_DECODERS` (e.g. "c" where the extension was not built).
+    """
+    global _decode_fast
+    previous, _decode_fast = _decode_fast, FAST_DECODERS[impl]
+    try:
+        yield
+    finally:
+        _decode_fast = previous
 
 
 def decode_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
