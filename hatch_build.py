@@ -91,7 +91,7 @@ def _fallback_or_raise(error: BuildError, warn) -> None:
         raise RuntimeError(f"sawt: cannot build the C Example decoder ({REQUIRE_ENV}=1): {error}") from error
     warn(
         f"sawt: WARNING: building without the C Example decoder ({error}); "
-        "trainer.data.example falls back to pure Python (same results, about 3x slower decoding). "
+        "trainer.data.example falls back to pure Python (same results, about 5x slower Example decoding). "
         f"Install a C compiler and the Python headers, or set {REQUIRE_ENV}=1 to make this an error."
     )
 
