@@ -1,12 +1,16 @@
 """`sawt data synth`: a small, real Arabic speech corpus made offline with espeak-ng.
 
-The bundled sentences (tools/corpus/ar_sentences.txt, written for this project, in three genres) are spoken by
-``espeak-ng -v ar`` with varied voice variants, speeds, pitch and gain, resampled to 16 kHz float32 and written
-as TFRecord shards in the seed schema under ``OUT/{train,validation,test}/``. The genre becomes the clip's
-``dataset_name`` (``espeak_daily``, ``espeak_news``, ``espeak_facts``), so per-source statistics mean something.
+The bundled sentences (tools/corpus/ar_sentences.txt, written for this project: three hand-written genres and
+three composed from a closed vocabulary by tools/corpus/compose.py) are spoken by ``espeak-ng -v ar`` with
+varied voice variants, speeds, pitch and gain, resampled to 16 kHz float32 and written as TFRecord shards in the
+seed schema under ``OUT/{train,validation,test}/``. The genre becomes the clip's ``dataset_name``
+(``espeak_daily``, ``espeak_news``, ``espeak_facts``, ``espeak_errands``, ``espeak_weather``,
+``espeak_timetable``), so per-source statistics mean something.
 
 Held out: the test split uses its own *sentences* (never spoken in train or validation), and two voice variants
-that only test uses. Validation has its own sentences too, so validation WER measures generalisation.
+that only test uses. Validation has its own sentences too, so validation WER measures generalisation. Every word
+of a held-out sentence is heard in train (`split_sentences`), so the test measures recognising new sentences
+rather than spelling unheard words.
 
 ``OUT/tokenizer/`` gets a byte-level BPE tokenizer trained on the train and validation text, with Qwen3-Omni's
 special tokens first at ids 0..9 and a ChatML chat template (interface 3). Everything is a function of
@@ -20,6 +24,7 @@ import io
 import os
 import shutil
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -92,18 +97,40 @@ def read_sentences(path: Path = SENTENCES_FILE) -> list[Sentence]:
     return sentences
 
 
+def _words(text: str) -> list[str]:
+    from trainer.asr_metrics import normalize_arabic
+
+    return normalize_arabic(text).split()
+
+
 def split_sentences(sentences: list[Sentence], seed: int) -> dict[str, list[Sentence]]:
-    """Assigns each sentence to one split, per genre, so every split has every genre."""
+    """Assigns each sentence to one split, per genre: held-out sentences, every word of them heard in train.
+
+    A sentence is held out (test first, then validation) only if every word in it, as WER counts words,
+    still occurs in some train sentence after it leaves: the test measures recognising new sentences, not
+    spelling words never heard (which no demo-sized model can learn). The composed genres (tools/corpus/
+    compose.py) fill their held-out quotas this way; the hand-written ones, whose words are mostly unique,
+    give few held-out sentences and stay mostly in train.
+    """
     rng = np.random.default_rng([seed, 1])
     out: dict[str, list[Sentence]] = {s: [] for s in SPLITS}
+    words = {s.index: Counter(_words(s.text)) for s in sentences}
+    in_train = Counter(w for s in sentences for w in _words(s.text))
     for genre in sorted({s.genre for s in sentences}):
         group = [s for s in sentences if s.genre == genre]
-        order = rng.permutation(len(group))
-        n_test = max(1, round(HELD_OUT_FRACTION["test"] * len(group)))
-        n_val = max(1, round(HELD_OUT_FRACTION["validation"] * len(group)))
-        out["test"] += [group[i] for i in order[:n_test]]
-        out["validation"] += [group[i] for i in order[n_test : n_test + n_val]]
-        out["train"] += [group[i] for i in order[n_test + n_val :]]
+        quota = {
+            split: max(1, round(HELD_OUT_FRACTION[split] * len(group))) for split in ("test", "validation")
+        }
+        for i in rng.permutation(len(group)):
+            sentence = group[i]
+            mine = words[sentence.index]
+            split = next((s for s in ("test", "validation") if quota[s]), "train")
+            if split != "train" and all(in_train[w] > n for w, n in mine.items()):
+                in_train.subtract(mine)
+                quota[split] -= 1
+            else:
+                split = "train"
+            out[split].append(sentence)
     return out
 
 

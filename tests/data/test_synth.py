@@ -47,6 +47,32 @@ def test_split_plan_holds_out_sentences_and_voices():
     assert data_synth.plan_clips(400, seed=12) != specs
 
 
+def test_composed_genres_match_their_generator():
+    from tools.corpus import compose
+
+    current = compose.SENTENCES_FILE.read_text(encoding="utf-8")
+    assert compose.render(current) == current, "run `python -m tools.corpus.compose` after editing compose.py"
+    genres = Counter(s.genre for s in data_synth.read_sentences())
+    assert all(genres[g] == compose.SENTENCES_PER_GENRE for g in compose.GENRES)
+
+
+def test_held_out_sentences_are_new_but_their_words_are_heard_in_train():
+    sentences = data_synth.read_sentences()
+    by_split = data_synth.split_sentences(sentences, seed=0)
+    train_words = {w for s in by_split["train"] for w in data_synth._words(s.text)}
+    for split in ("validation", "test"):
+        held_out = by_split[split]
+        assert held_out and not {s.text for s in held_out} & {s.text for s in by_split["train"]}
+        assert all(set(data_synth._words(s.text)) <= train_words for s in held_out), split
+    # The composed genres fill their quotas; every sentence lands in exactly one split.
+    assert sorted(s.index for split in by_split.values() for s in split) == list(range(len(sentences)))
+    test_genres = Counter(s.genre for s in by_split["test"])
+    assert all(
+        test_genres[g] == round(data_synth.HELD_OUT_FRACTION["test"] * 250)
+        for g in ("errands", "weather", "timetable")
+    )
+
+
 def _records(directory):
     return [payload for shard in sorted(directory.glob("*.tfrecord")) for _, payload in iter_tfrecord(shard)]
 
