@@ -272,8 +272,11 @@ def test_from_hf_config_names_missing_key():
 
 
 @pytest.mark.slow
-def test_remat_changes_no_value_or_gradient():
-    """Remat (full) gives the same loss and gradients; the router gets a gradient."""
+@pytest.mark.parametrize(
+    "option", [{"remat_policy": "full"}, {"unroll_layers": True}], ids=["remat", "unroll"]
+)
+def test_remat_and_unroll_change_no_value_or_gradient(option):
+    """Remat (full) and unrolled layers give the same loss and gradients; the router gets a gradient."""
     batch = av_batch("tiny_b")
 
     def loss_and_grad(model):
@@ -283,7 +286,7 @@ def test_remat_changes_no_value_or_gradient():
         return nnx.jit(nnx.value_and_grad(f))(model)
 
     base_loss, base_grad = loss_and_grad(golden_model("tiny_b"))
-    remat_loss, remat_grad = loss_and_grad(golden_model("tiny_b", remat_policy="full"))
+    remat_loss, remat_grad = loss_and_grad(golden_model("tiny_b", **option))
     np.testing.assert_allclose(float(remat_loss), float(base_loss), rtol=1e-6)
     for (p, g1), (_, g2) in zip(flatten(nnx.to_pure_dict(base_grad)), flatten(nnx.to_pure_dict(remat_grad)),
                                 strict=True):  # fmt: skip

@@ -71,10 +71,11 @@ class AudioLayers(nnx.Module):
 class AudioEncoder(nnx.Module):
     """`audio_tower`: mel [B, n_mels, F] + valid frames [B] -> features [B, Ta, output_dim] + valid mask."""
 
-    def __init__(self, cfg: AudioConfig, *, rngs, param_dtype, compute_dtype, remat="none"):
+    def __init__(self, cfg: AudioConfig, *, rngs, param_dtype, compute_dtype, remat="none", unroll=False):
         self.cfg = cfg
         self.compute_dtype = compute_dtype
         self.remat = remat
+        self.unroll = unroll
         c, d = cfg.downsample_hidden_size, cfg.d_model
         conv = dict(rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
         self.conv2d1 = Conv2d(1, c, **conv)
@@ -144,7 +145,7 @@ class AudioEncoder(nnx.Module):
             x = x + layer.fc2(gelu(layer.fc1(layer.final_layer_norm(x))))
             return x, None
 
-        hw, _ = scan_layers(self.layers, body, hw, policy=self.remat)
+        hw, _ = scan_layers(self.layers, body, hw, policy=self.remat, unroll=self.unroll)
         h = hw.reshape(b, nw * w, cfg.d_model)[:, :ta]
         h = self.proj2(gelu(self.proj1(self.ln_post(h))))
         return h, tok_valid

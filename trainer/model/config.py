@@ -139,6 +139,11 @@ class ModelConfig(Frozen):
         description="Rematerialisation of each scanned layer: none, full (save nothing), dots (save matmul "
         "outputs), dots_no_batch (save matmuls without batch dims).",
     )
+    unroll_layers: bool = Field(
+        False,
+        description="Unroll the layer scan into straight-line code: about 10% faster steps on CPU for small "
+        "models, compile time grows with depth (keep False for deep models and TPU).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -43,9 +43,20 @@ class DecoderLayers(nnx.Module):
 class TextModel(nnx.Module):
     """`model`: embed_tokens, layers, norm."""
 
-    def __init__(self, cfg: TextConfig, *, rngs, param_dtype, compute_dtype, moe_impl="auto", remat="none"):
+    def __init__(
+        self,
+        cfg: TextConfig,
+        *,
+        rngs,
+        param_dtype,
+        compute_dtype,
+        moe_impl="auto",
+        remat="none",
+        unroll=False,
+    ):
         self.cfg = cfg
         self.remat = remat
+        self.unroll = unroll
         self.embed_tokens = Embed(
             cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype
         )
@@ -83,7 +94,7 @@ class TextModel(nnx.Module):
             h, stats = layer.mlp_block(h, token_mask)
             return h, (stats, (k, v) if return_kv else None)
 
-        h, (stats, kv) = scan_layers(self.layers, body, x, policy=self.remat)
+        h, (stats, kv) = scan_layers(self.layers, body, x, policy=self.remat, unroll=self.unroll)
         return self.norm(h), stats, kv
 
     def decode(self, x, positions, cache_k, cache_v, lengths):
@@ -122,5 +133,7 @@ class TextModel(nnx.Module):
             h, _ = layer.mlp_block(h, token_mask)
             return (h, ck_all, cv_all, i + 1), None
 
-        (h, cache_k, cache_v, _), _ = scan_layers(self.layers, body, (x, cache_k, cache_v, jnp.int32(0)))
+        (h, cache_k, cache_v, _), _ = scan_layers(
+            self.layers, body, (x, cache_k, cache_v, jnp.int32(0)), unroll=self.unroll
+        )
         return self.norm(h), cache_k, cache_v

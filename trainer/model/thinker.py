@@ -96,8 +96,9 @@ class Thinker(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         common = dict(rngs=rngs, param_dtype=config.param_dtype, compute_dtype=config.compute_dtype)
-        self.audio_tower = AudioEncoder(config.audio, remat=config.remat_policy, **common)
-        self.model = TextModel(config.text, moe_impl=config.moe_impl, remat=config.remat_policy, **common)
+        layers = dict(remat=config.remat_policy, unroll=config.unroll_layers)
+        self.audio_tower = AudioEncoder(config.audio, **layers, **common)
+        self.model = TextModel(config.text, moe_impl=config.moe_impl, **layers, **common)
         t = config.text
         self.lm_head = Linear(
             (t.hidden_size,), (t.vocab_size,), ("embed",), ("vocab",), use_bias=False, **common
