@@ -50,6 +50,7 @@ NOISE_DBFS = (-70.0, -45.0)  # faint white noise, so silence is not digital zero
 MAX_SECONDS = 6.0
 MAX_SPEED_WPM = 300
 CLIPS_PER_SHARD = 256
+TRAIN_ONLY_MARK = "(train only)"
 TOKENIZER_VOCAB = 1024
 ESPEAK_RATE = 22_050
 
@@ -63,6 +64,7 @@ class Sentence:
     text: str
     genre: str
     index: int  # line order in the sentences file, a stable id
+    train_only: bool = False  # from a "# genre: NAME (train only)" section: never held out
 
 
 @dataclass(frozen=True)
@@ -81,19 +83,22 @@ class ClipSpec:
 
 
 def read_sentences(path: Path = SENTENCES_FILE) -> list[Sentence]:
-    """Parses the sentences file: ``# genre: NAME`` headers, comments and blank lines skipped."""
+    """Parses the sentences file: ``# genre: NAME [(train only)]`` headers, comments and blank lines skipped."""
     sentences: list[Sentence] = []
     genre = None
+    train_only = False
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if line.startswith("# genre:"):
             genre = line.split(":", 1)[1].strip()
+            train_only = genre.endswith(TRAIN_ONLY_MARK)
+            genre = genre.removesuffix(TRAIN_ONLY_MARK).strip()
             continue
         if not line or line.startswith("#"):
             continue
         if genre is None:
             raise ValueError(f"{path}:{lineno}: sentence before any '# genre: NAME' header")
-        sentences.append(Sentence(line, genre, len(sentences)))
+        sentences.append(Sentence(line, genre, len(sentences), train_only))
     return sentences
 
 
@@ -108,9 +113,8 @@ def split_sentences(sentences: list[Sentence], seed: int) -> dict[str, list[Sent
 
     A sentence is held out (test first, then validation) only if every word in it, as WER counts words,
     still occurs in some train sentence after it leaves: the test measures recognising new sentences, not
-    spelling words never heard (which no demo-sized model can learn). The composed genres (tools/corpus/
-    compose.py) fill their held-out quotas this way; the hand-written ones, whose words are mostly unique,
-    give few held-out sentences and stay mostly in train.
+    spelling words never heard (which no demo-sized model can learn). Genres marked ``(train only)`` (the
+    hand-written ones, whose words are mostly heard once) are never held out.
     """
     rng = np.random.default_rng([seed, 1])
     out: dict[str, list[Sentence]] = {s: [] for s in SPLITS}
@@ -118,6 +122,9 @@ def split_sentences(sentences: list[Sentence], seed: int) -> dict[str, list[Sent
     in_train = Counter(w for s in sentences for w in _words(s.text))
     for genre in sorted({s.genre for s in sentences}):
         group = [s for s in sentences if s.genre == genre]
+        if group[0].train_only:
+            out["train"] += group
+            continue
         quota = {
             split: max(1, round(HELD_OUT_FRACTION[split] * len(group))) for split in ("test", "validation")
         }

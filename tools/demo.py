@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{s.name}: {s.about}" for s in STEPS),
     )
     parser.add_argument("--out", default="build/demo", help="demo directory (default: build/demo)")
-    parser.add_argument("--n", type=int, default=600, help="clips to synthesise (default: 600)")
+    parser.add_argument("--n", type=int, default=1500, help="clips to synthesise (default: 1500)")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
     parser.add_argument(
         "--steps",

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     synth.add_argument("--out", required=True, help="output directory")
-    synth.add_argument("--n", type=int, default=600, help="number of clips to make (default: 600)")
+    synth.add_argument("--n", type=int, default=1500, help="number of clips to make (default: 1500)")
     synth.add_argument("--seed", type=int, default=0, help="random seed for voices and splits (default: 0)")
     synth.add_argument(
         "--workers", type=int, default=None, help="parallel espeak-ng processes (default: CPUs)"

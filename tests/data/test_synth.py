@@ -64,8 +64,10 @@ def test_held_out_sentences_are_new_but_their_words_are_heard_in_train():
         held_out = by_split[split]
         assert held_out and not {s.text for s in held_out} & {s.text for s in by_split["train"]}
         assert all(set(data_synth._words(s.text)) <= train_words for s in held_out), split
-    # The composed genres fill their quotas; every sentence lands in exactly one split.
+    # The composed genres fill their quotas, train-only genres stay in train; every sentence lands in one split.
     assert sorted(s.index for split in by_split.values() for s in split) == list(range(len(sentences)))
+    assert {s.genre for s in sentences if s.train_only} == {"daily", "news", "facts"}
+    assert not any(s.train_only for split in ("validation", "test") for s in by_split[split])
     test_genres = Counter(s.genre for s in by_split["test"])
     assert all(
         test_genres[g] == round(data_synth.HELD_OUT_FRACTION["test"] * 250)
