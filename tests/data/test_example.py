@@ -17,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.wire import ld as _ld
+from tests.helpers.wire import varint as _varint
 from tools.example_proto import example_classes
 from tools.make_tf_goldens import SPEECH, speech_wave
 from trainer.data.example import (
@@ -180,20 +182,6 @@ def test_encoder_rejects_uint64_overflow():
 
 
 # ------------------------------------------------------------------------- hand-built encodings
-
-
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def _ld(tag: int, payload: bytes) -> bytes:
-    return bytes([tag]) + _varint(len(payload)) + payload
 
 
 def _entry(key: bytes, feature: bytes) -> bytes:

@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.wire import ld as _ld
+from tests.helpers.wire import varint as _varint
 from trainer.data import example
 from trainer.data.example import encode_example
 
@@ -70,25 +72,6 @@ def _check(buf: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------------------- encodings
-
-
-def _varint(value: int, pad: int = 0) -> bytes:
-    """A varint, written with ``pad`` redundant continuation bytes (non-minimal, still at most 10 bytes)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    pad = min(pad, 10 - len(out))
-    if pad > 0:
-        out[-1] |= 0x80
-        out += b"\x80" * (pad - 1) + b"\x00"
-    return bytes(out)
-
-
-def _ld(tag: int, payload: bytes, pad: int = 0) -> bytes:
-    return bytes([tag]) + _varint(len(payload), pad) + payload
 
 
 _keys = st.one_of(st.text(max_size=12), st.sampled_from(["audio", "audio_len", "text", "نص", "ключ", "🎧"]))
