@@ -119,7 +119,9 @@ def split_sentences(sentences: list[Sentence], seed: int) -> dict[str, list[Sent
     rng = np.random.default_rng([seed, 1])
     out: dict[str, list[Sentence]] = {s: [] for s in SPLITS}
     words = {s.index: Counter(_words(s.text)) for s in sentences}
-    in_train = Counter(w for s in sentences for w in _words(s.text))
+    in_train: Counter[str] = Counter()
+    for counts in words.values():
+        in_train.update(counts)
     for genre in sorted({s.genre for s in sentences}):
         group = [s for s in sentences if s.genre == genre]
         if group[0].train_only:

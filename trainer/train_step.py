@@ -116,7 +116,6 @@ def make_train_step(
     def step(state, batch):
         params = state["params"]
         total_tokens = jnp.sum(batch["loss_mask"]).astype(jnp.float32)
-        micros = split_micro_batches(batch, cfg.grad_accum)
 
         def accumulate(carry, micro):
             grads_acc, loss_acc = carry
@@ -125,15 +124,15 @@ def make_train_step(
             return (grads_acc, loss_acc + loss), metrics
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        start = (zeros, jnp.zeros((), jnp.float32))
         if cfg.grad_accum == 1:
             # No loop for a single micro-batch: XLA:CPU runs a while loop's body several times slower than
             # the same ops at top level (measured 4x on the demo model), and the sum over one is the value.
-            (grads, loss), metrics_1 = accumulate((zeros, jnp.zeros((), jnp.float32)), batch)
+            (grads, loss), metrics_1 = accumulate(start, batch)
             micro_metrics = jax.tree.map(lambda m: m[None], metrics_1)
         else:
-            (grads, loss), micro_metrics = jax.lax.scan(
-                accumulate, (zeros, jnp.zeros((), jnp.float32)), micros
-            )
+            micros = split_micro_batches(batch, cfg.grad_accum)
+            (grads, loss), micro_metrics = jax.lax.scan(accumulate, start, micros)
         grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
