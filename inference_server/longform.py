@@ -1,23 +1,24 @@
-"""Long audio: cut into overlapping model windows, then stitch the per-window hypotheses back together.
+"""Long audio: cut into model windows, then stitch the per-window hypotheses back together.
 
 The thinker's audio encoder takes at most ``window_s`` seconds per request (30 s for Qwen3-Omni's ASR
-prompt). Rather than truncating, long audio is cut into windows that overlap by ``overlap_s``; each window
-is transcribed on its own and the overlapping hypotheses are merged where they agree. Words cut at a
-window's edge are unreliable, so the merge keeps the earlier window's text up to the agreed run and the
-later window's text after it.
+prompt). Rather than truncating, long audio is cut into windows (`trainer.data.silence.plan_windows`): at a
+pause near each window's end where there is one, so that no word is cut and the windows' texts follow each
+other; elsewhere at a fixed length, with ``overlap_s`` of shared audio. Each window is transcribed on its
+own; overlapping hypotheses are merged where they agree. Words cut at a window's edge are unreliable, so
+the merge keeps the earlier window's text up to the agreed run and the later window's text after it.
 
 Used by `sawt transcribe` and the server (docs/interfaces.md §9).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TypeVar, overload
 
 import numpy as np
 
 from trainer.data.audio_io import SAMPLE_RATE
+from trainer.data.silence import Window, fixed_windows
 
 DEFAULT_WINDOW_S = 30.0
 DEFAULT_OVERLAP_S = 4.0
@@ -31,7 +32,7 @@ def window_bounds(
     overlap_s: float = DEFAULT_OVERLAP_S,
     sample_rate: int = SAMPLE_RATE,
 ) -> list[tuple[int, int]]:
-    """Sample ranges ``[start, end)`` of the windows that cover ``n_samples``.
+    """Sample ranges ``[start, end)`` of fixed windows that cover ``n_samples`` (`silence.fixed_windows`).
 
     Windows are ``window_s`` long and start every ``window_s - overlap_s`` seconds; the last one ends at the
     end of the audio (it may be shorter). Audio no longer than one window is one window.
@@ -39,21 +40,7 @@ def window_bounds(
     Raises:
         ValueError: if ``overlap_s`` is negative or not shorter than ``window_s``.
     """
-    if window_s <= 0:
-        raise ValueError(f"window_s must be positive, got {window_s}")
-    if not 0 <= overlap_s < window_s:
-        raise ValueError(f"overlap_s must be in [0, window_s={window_s}), got {overlap_s}")
-    window = round(window_s * sample_rate)
-    hop = window - round(overlap_s * sample_rate)
-    if n_samples <= window:
-        return [(0, n_samples)]
-    # Enough hops that the last window reaches the end; it then starts at most one hop after the previous.
-    n_windows = 1 + math.ceil((n_samples - window) / hop)
-    bounds = []
-    for i in range(n_windows):
-        start = i * hop
-        bounds.append((start, min(start + window, n_samples)))
-    return bounds
+    return [(w.start, w.end) for w in fixed_windows(n_samples, window_s, overlap_s, sample_rate)]
 
 
 def split_windows(
@@ -156,3 +143,33 @@ def stitch(pieces, max_overlap=None, min_match=2):
     for p in pieces:
         merged_ids = merge_pair(merged_ids, [int(t) for t in p], max_overlap, min_match)
     return merged_ids
+
+
+def stitch_windows(
+    windows: Sequence[Window], pieces: Sequence[list[T]], max_overlap: int | None = None, min_match: int = 2
+) -> tuple[list[T], list[int]]:
+    """Joins the hypotheses (word or token-id lists) of planned windows (`silence.plan_windows`).
+
+    A window that starts in a pause (``overlap == 0``) shares no audio with the previous one, so its items
+    simply follow; one that starts inside the previous window's audio is merged with `merge_pair_at`.
+
+    Returns:
+        The joined items, and for each window the index in them where its own items begin.
+    """
+    if len(windows) != len(pieces):
+        raise ValueError(f"{len(windows)} windows but {len(pieces)} hypotheses")
+    merged: list[T] = []
+    cuts: list[int] = []
+    for window, piece in zip(windows, pieces, strict=True):
+        merged, cut = join_next(merged, list(piece), window.overlap > 0, max_overlap, min_match)
+        cuts.append(cut)
+    return merged, cuts
+
+
+def join_next(
+    merged: list[T], piece: list[T], overlapped: bool, max_overlap: int | None = None, min_match: int = 2
+) -> tuple[list[T], int]:
+    """One step of `stitch_windows`: appends ``piece``, merging it in if its audio ``overlapped``."""
+    if overlapped:
+        return merge_pair_at(merged, piece, max_overlap, min_match)
+    return [*merged, *piece], len(merged)
