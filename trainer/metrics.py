@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from sawt.fileio import DurableJsonl
+from trainer.goodput import Goodput
 
 _STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _SAVE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -98,6 +100,20 @@ class TrainMetrics:
         self.resumes = Counter(
             "sawt_train_resumes_total", "Times this run resumed from a checkpoint.", p, registry=r
         )
+        self.goodput = gauge(
+            "sawt_train_goodput_ratio",
+            "Share of the run's wall time (every attempt, restarts included) spent on steps that count "
+            "(trainer/goodput.py); process 0 only.",
+        )
+        self.goodput_seconds = gauge(
+            "sawt_train_goodput_seconds", "Productive step time of the run over all attempts; process 0 only."
+        )
+        self.badput = gauge(
+            "sawt_train_badput_seconds",
+            "Wall time of the run lost, by cause: startup, compile, data_wait, checkpoint_save, "
+            "checkpoint_restore, eval, restart, idle; process 0 only.",
+            ("cause",),
+        )
         self._bad_seen: dict[str, float] = {}
         # Counters without other labels start at 0, so dashboards show "0" rather than "No data".
         self.nonfinite_skips.labels(self.process)
@@ -151,6 +167,13 @@ class TrainMetrics:
         self.checkpoint_last_step.labels(self.process).set(step)
         self.checkpoint_last_timestamp.labels(self.process).set(time.time())
 
+    def record_goodput(self, result: Goodput) -> None:
+        """Sets the goodput gauges from `trainer.goodput.GoodputTracker.report`."""
+        self.goodput.labels(self.process).set(result.ratio)
+        self.goodput_seconds.labels(self.process).set(result.productive_seconds)
+        for cause, seconds in result.badput_seconds.items():
+            self.badput.labels(self.process, cause).set(seconds)
+
     def record_eval(self, result: dict[str, Any]) -> None:
         """Sets WER/CER gauges from `trainer.asr_metrics.score` output (source "all" = overall)."""
         entries = {"all": result["overall"], **result["per_source"]}
@@ -160,17 +183,26 @@ class TrainMetrics:
 
 
 class RunLog:
-    """Process 0's human log (stdout) and machine log (metrics.jsonl, fsynced per record)."""
+    """Process 0's human log (stdout) and machine log (metrics.jsonl, fsynced per record).
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    ``on_record`` sees every record as written (with its ``time``), e.g. the goodput tracker.
+    """
+
+    def __init__(
+        self, run_dir: Path, enabled: bool, on_record: Callable[[dict[str, Any]], None] | None = None
+    ):
         self.enabled = enabled
         self._jsonl = DurableJsonl(run_dir / "metrics.jsonl") if enabled else None
+        self._on_record = on_record
 
     def write(self, record: dict[str, Any], line: str | None = None) -> None:
         if not self.enabled:
             return
         assert self._jsonl is not None
-        self._jsonl.append({"time": time.time(), **record})
+        record = {"time": time.time(), **record}
+        self._jsonl.append(record)
+        if self._on_record is not None:
+            self._on_record(record)
         if line:
             print(line, flush=True)
 
