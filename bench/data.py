@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     results = run(bool(getattr(args, "quick", False)))
     print(report(results))
     if getattr(args, "json", None):
-        from sawt.fileio import atomic_write_json
+        from core.fileio import atomic_write_json
 
         atomic_write_json(Path(args.json), results)
         print(f"wrote {args.json}")

@@ -261,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
 
     _print(results)
     if getattr(args, "json", None):
-        from sawt.fileio import atomic_write_json
+        from core.fileio import atomic_write_json
 
         atomic_write_json(args.json, results)
     return 0

@@ -367,7 +367,7 @@ def main(args: argparse.Namespace) -> int:
     headline = {k: v for k, v in results.items() if not isinstance(v, dict | list)}
     print(json.dumps(headline, indent=2))
     if getattr(args, "json", None):
-        from sawt.fileio import atomic_write_json
+        from core.fileio import atomic_write_json
 
         atomic_write_json(args.json, results)
     return 0

@@ -39,6 +39,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/sawt/src
 COPY pyproject.toml README.md hatch_build.py ./
+COPY core/ core/
 COPY sawt/ sawt/
 COPY trainer/ trainer/
 COPY inference_server/ inference_server/
@@ -60,7 +61,7 @@ RUN pip install --no-deps /opt/sawt/wheels/sawt-*.whl \
     && sawt --help >/dev/null \
     && python -c 'from trainer.data.example import FAST_DECODER_IMPL as impl; assert impl == "c", impl' \
     && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')" \
-    && chown -R 1000:1000 "$site/inference_server" "$site/trainer" "$site/sawt" "$site/tools"
+    && chown -R 1000:1000 "$site/core" "$site/inference_server" "$site/trainer" "$site/sawt" "$site/tools"
 
 USER 1000:1000
 WORKDIR /home/sawt

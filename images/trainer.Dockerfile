@@ -39,6 +39,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/sawt/src
 COPY pyproject.toml README.md hatch_build.py ./
+COPY core/ core/
 COPY sawt/ sawt/
 COPY trainer/ trainer/
 COPY inference_server/ inference_server/

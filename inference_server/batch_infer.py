@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sawt.fileio import DurableJsonl, atomic_write_json, atomic_write_text, read_jsonl
+from core.fileio import DurableJsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger("sawt.batch_infer")
 
@@ -178,9 +178,9 @@ def run_process(
     tensor_parallel: int = 1,
 ) -> dict[str, int]:
     """Transcribes this process's records; writes the ``.done`` marker at the end."""
+    from core.progress import progress
     from inference_server.config import ServerConfig
     from inference_server.main import build_engine
-    from sawt.progress import progress
 
     out.mkdir(parents=True, exist_ok=True)
     _marker(out, process_index, num_processes).unlink(missing_ok=True)

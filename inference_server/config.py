@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sawt.configlib import Frozen
+from core.configlib import Frozen
 
 
 class ServerConfig(Frozen):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger("sawt.reload")
 
-WATCHED_PACKAGES = ("inference_server", "trainer", "sawt")
+WATCHED_PACKAGES = ("inference_server", "trainer", "core", "sawt")
 
 
 def package_dirs(names: Iterable[str] = WATCHED_PACKAGES) -> list[Path]:

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from sawt.configlib import ConfigError
+from core.errors import ConfigError, UsageError
 
 # Order is the order shown in `sawt --help`.
 COMMAND_MODULES = (
@@ -26,10 +26,6 @@ COMMAND_MODULES = (
     "deploy",
     "bench",
 )
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

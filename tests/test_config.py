@@ -2,7 +2,7 @@
 
 import pytest
 
-from sawt import configlib
+from core import configlib
 from trainer.config import ExperimentConfig, load_experiment, preset_names
 
 

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlanInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from sawt.fileio import atomic_write_json
+    from core.fileio import atomic_write_json
 
     atomic_write_json(args.out, result)
     return 0

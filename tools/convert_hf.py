@@ -190,8 +190,8 @@ def hf_to_orbax(
     Returns:
         A summary: leaves, tensors read, skipped counts per group, prefix, bytes.
     """
-    from sawt.fileio import atomic_write_json, atomic_write_text
-    from sawt.progress import progress
+    from core.fileio import atomic_write_json, atomic_write_text
+    from core.progress import progress
     from trainer.model.config import ModelConfig
     from trainer.model_checkpoint import (
         HF_LAYOUT_FILE,
@@ -272,7 +272,7 @@ def orbax_to_hf(
             ``"thinker."`` (the released checkpoint's layout).
         max_shard_bytes: shard size; a single `model.safetensors` when everything fits.
     """
-    from sawt.progress import progress
+    from core.progress import progress
     from trainer.model_checkpoint import (
         PARAMS_DIR,
         copy_companion_files,
@@ -356,7 +356,7 @@ def _open_leaf(params_dir: Path, path: tuple[str, ...], read_params):
 def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt convert` (see sawt/commands/convert.py)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work; do not grab an accelerator
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools.safetensors_io import SafetensorsError
 
     quiet = getattr(args, "quiet", False)

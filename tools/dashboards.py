@@ -351,7 +351,7 @@ def dashboard_json(board: dict[str, Any]) -> str:
 
 def write_dashboards(out_dir: Path = DASHBOARDS_DIR) -> list[Path]:
     """Writes k8s/dashboards/<name>.json for every dashboard."""
-    from sawt.fileio import atomic_write_text
+    from core.fileio import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from sawt.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
+from core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 from tools.manifest import build_manifest, format_report
 
 SIDECAR_VERSION = 1
@@ -113,7 +113,7 @@ def find_shards(src: str, dst: Path) -> list[tuple[Path, str]]:
     and anything under ``dst`` excluded); a glob takes every file it matches, relative to the glob's
     fixed leading directories.
     """
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     dst = dst.resolve()
     path = Path(src)
@@ -145,7 +145,7 @@ def _hidden(p: Path, root: Path) -> bool:
 
 
 def plan_jobs(args: argparse.Namespace) -> list[ShardJob]:
-    from sawt.cli import UsageError  # imported here: workers import this module and need none of the CLI
+    from core.errors import UsageError  # imported here: workers import this module and need none of the CLI
 
     dst = Path(args.dst).resolve()
     options = f"group_size:1,{_COMPRESSION[args.compression]}"
@@ -468,7 +468,7 @@ def select_jobs(jobs: list[ShardJob], num_shards: int, shard_index: int) -> list
 
 
 def _check_sharding(args: argparse.Namespace) -> tuple[int, int]:
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     # getattr: main() is also called with a Namespace built in code, without these flags.
     num_shards = getattr(args, "num_shards", 1)
@@ -484,8 +484,8 @@ def _check_sharding(args: argparse.Namespace) -> tuple[int, int]:
 
 def main(args: argparse.Namespace) -> int:
     """Runs the conversion described by the parsed ``sawt data convert`` arguments."""
-    from sawt.cli import UsageError
-    from sawt.progress import progress
+    from core.errors import UsageError
+    from core.progress import progress
 
     args.compression = getattr(args, "compression", None) or "none"
     args.sample_rate = getattr(args, "sample_rate", None) or 16000

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sawt.cli import UsageError
+from core.errors import UsageError
 from tools.manifest import MANIFEST_FORMAT, build_manifest, format_report
 
 _BATCH = 256
@@ -36,7 +36,7 @@ def scan_directory(root: Path) -> dict[str, Any]:
     """Builds the manifest statistics by reading every record of every ArrayRecord shard under ``root``."""
     from array_record.python.array_record_module import ArrayRecordReader
 
-    from sawt.progress import progress
+    from core.progress import progress
     from trainer.data.example import BadRecord, peek_speech_meta
 
     shards = sorted(

@@ -239,7 +239,7 @@ def write_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = TOKENIZER
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    from sawt.fileio import atomic_write_json, atomic_write_text
+    from core.fileio import atomic_write_json, atomic_write_text
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
@@ -310,8 +310,8 @@ def synthesise(out: Path, n: int, seed: int, workers: int | None = None, log=pri
         SynthError: espeak-ng missing or failing.
         FileExistsError: ``out`` already holds shards (remove it first: nothing is overwritten silently).
     """
-    from sawt.fileio import atomic_write_json
-    from sawt.progress import progress
+    from core.fileio import atomic_write_json
+    from core.progress import progress
 
     if shutil.which("espeak-ng") is None:
         raise SynthError("espeak-ng is not installed (apt-get install espeak-ng, or `make setup`)")
@@ -358,7 +358,7 @@ def synthesise(out: Path, n: int, seed: int, workers: int | None = None, log=pri
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt data synth` (and of tools/demo.py)."""
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     if args.n < len(SPLITS):
         raise UsageError(f"--n must be at least {len(SPLITS)}, got {args.n}")

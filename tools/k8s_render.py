@@ -564,7 +564,7 @@ def object_file_name(index: int, obj: dict[str, Any]) -> str:
 
 def write_objects(objects: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Writes one file per object into ``out_dir`` (created); returns the paths in apply order."""
-    from sawt.fileio import atomic_write_text
+    from core.fileio import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -581,7 +581,7 @@ def golden_path(workload: str) -> Path:
 
 def write_goldens() -> list[Path]:
     """Re-renders tests/goldens/deploy/<workload>.yaml from the default values."""
-    from sawt.fileio import atomic_write_text
+    from core.fileio import atomic_write_text
 
     values = load_values()
     GOLDENS_DIR.mkdir(parents=True, exist_ok=True)

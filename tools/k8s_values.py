@@ -1,7 +1,7 @@
 """Typed values for the Kubernetes templates in k8s/templates: validated before anything renders.
 
 Values come from a YAML file (k8s/values/v4-32.yaml by default) plus dotted ``--set key=value`` overrides,
-through `sawt.configlib`, so an unknown or mistyped key fails with its dotted name. Keys are snake_case like
+through `core.configlib`, so an unknown or mistyped key fails with its dotted name. Keys are snake_case like
 every other sawt config.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sawt import configlib
-from sawt.configlib import Frozen
+from core import configlib
+from core.configlib import Frozen
 from tools import tpu_types
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

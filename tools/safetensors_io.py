@@ -283,7 +283,7 @@ class ShardedWriter:
             os.replace(self._tmp(i), self.directory / name)
             paths.append(self.directory / name)
         if len(self._names) > 1:
-            from sawt.fileio import atomic_write_json
+            from core.fileio import atomic_write_json
 
             weight_map = {t.name: self._names[i] for i, shard in enumerate(self._shards) for t in shard}
             atomic_write_json(

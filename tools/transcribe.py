@@ -183,7 +183,7 @@ def find_tokenizer_dir(root: Path, given: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt transcribe` (see sawt/commands/transcribe.py)."""
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from trainer.data.audio_io import AudioError, decode_audio
     from trainer.data.text import TokenizerError
 

@@ -1,7 +1,7 @@
 """The experiment config: every section of a training or evaluation run, loaded from a preset.
 
 Presets live in trainer/configs/*.yaml; `sawt train --config tiny train.steps=10` loads one and applies
-dotted overrides (see sawt.configlib).
+dotted overrides (see core.configlib).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sawt import configlib
-from sawt.configlib import Frozen
+from core import configlib
+from core.configlib import Frozen
 from trainer.data.config import DataConfig, TokenizerConfig
 from trainer.model.config import ModelConfig
 

@@ -237,7 +237,7 @@ def goodput_of_records(records: Iterable[dict[str, Any]], now: float | None = No
 
 def goodput_of_run(run_dir: str | Path) -> Goodput:
     """The goodput of a run directory, from its ``metrics.jsonl``."""
-    from sawt.fileio import read_jsonl
+    from core.fileio import read_jsonl
 
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

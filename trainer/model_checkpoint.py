@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sawt.fileio import atomic_write_text
+from core.fileio import atomic_write_text
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"

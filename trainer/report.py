@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sawt.fileio import atomic_write_json, atomic_write_text, read_jsonl
+from core.fileio import atomic_write_json, atomic_write_text, read_jsonl
 
 
 def collect(run_dir: Path) -> dict[str, Any]:

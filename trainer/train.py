@@ -29,8 +29,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sawt import configlib
-from sawt.fileio import atomic_write_json, atomic_write_text
+from core import configlib
+from core.fileio import atomic_write_json, atomic_write_text
 from trainer import optim
 from trainer.checkpoint import Checkpointer
 from trainer.config import ExperimentConfig, MeshConfig

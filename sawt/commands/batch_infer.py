@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore step at INFO

@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _objects(args: argparse.Namespace, schemas: bool = False) -> list[dict]:
     """Loads values, renders the workload and refuses objects that fail the lint."""
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools import k8s_lint, k8s_render
     from tools.k8s_values import load_values
 
@@ -135,7 +135,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _cluster(args: argparse.Namespace):
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools import k8s_client
 
     try:
@@ -146,7 +146,7 @@ def _cluster(args: argparse.Namespace):
 
 def _guarded(fn):
     """Runs a cluster operation, turning DeployError into a one-line usage error."""
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools import k8s_client
 
     try:
@@ -184,7 +184,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools import k8s_client
 
     objects = list(k8s_client.workload_objects(_objects(args), args.workload))

@@ -70,7 +70,7 @@ def _generate(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools.distill import generate_cot
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def mesh_overrides(text: str | None) -> list[str]:
     """``fsdp=4,expert=4`` -> overrides setting every mesh axis (unnamed axes: 1)."""
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     if not text:
         return []
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from sawt.cli import UsageError
+    from core.errors import UsageError
     from tools.aot_plan import AOT_ENV, EXIT_BAD_INPUT, TOPOLOGIES, format_plan
     from trainer.config import load_experiment
 
@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         result = json.loads(out.read_text())
     print(format_plan(result))
     if args.json:
-        from sawt.fileio import atomic_write_json
+        from core.fileio import atomic_write_json
 
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")

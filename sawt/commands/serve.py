@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from sawt.cli import UsageError
+    from core.errors import UsageError
 
     for item in args.overrides:
         if "=" not in item:

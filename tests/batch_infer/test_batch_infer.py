@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from core.fileio import read_jsonl
 from inference_server import batch_infer
 from sawt.cli import main as sawt_main
-from sawt.fileio import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-batch", "4", "--max-new-tokens", "6", "--window-s", "4", "--overlap-s", "1"]

@@ -14,8 +14,8 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 from helpers.records import write_tfrecord
 
+from core.fileio import read_jsonl
 from sawt.cli import main as sawt
-from sawt.fileio import read_jsonl
 from tools.manifest import SKIP_REASONS
 from trainer.data.example import encode_example, encode_speech
 from trainer.data.tfrecord import iter_tfrecord

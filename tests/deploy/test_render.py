@@ -8,7 +8,7 @@ import copy
 import pytest
 import yaml
 
-from sawt.configlib import ConfigError
+from core.errors import ConfigError
 from tools import k8s_lint, k8s_render, tpu_types
 from tools.k8s_values import VALUES_DIR, load_values
 
@@ -373,7 +373,7 @@ def test_lint_catches_core_schema_errors(schemas):
 
 
 def test_every_values_field_is_documented():
-    from sawt.configlib import undocumented_fields
+    from core.configlib import undocumented_fields
     from tools.k8s_values import Values
 
     assert undocumented_fields(Values) == []

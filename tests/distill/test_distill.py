@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from conftest import TEXTS
 
+from core.fileio import read_jsonl
 from sawt.cli import main as sawt_main
-from sawt.fileio import read_jsonl
 from tools.distill.build_sft import sft_target
 from tools.distill.generate_cot import parse_reply
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sawt.configlib import ConfigError
+from core.errors import ConfigError
 from tests.model.helpers import (
     GOLDENS,
     av_batch,

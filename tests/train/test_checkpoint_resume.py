@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sawt.fileio import read_jsonl
+from core.fileio import read_jsonl
 from trainer.model_checkpoint import read_params
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from helpers.metric_names import TRAINER_METRICS
 from prometheus_client.parser import text_string_to_metric_families
 from train import standin
 
-from sawt.fileio import read_jsonl
+from core.fileio import read_jsonl
 from trainer.config import load_experiment
 from trainer.metrics import TrainMetrics
 from trainer.train import run

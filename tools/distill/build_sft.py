@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sawt.fileio import atomic_write_json, read_jsonl
+from core.fileio import atomic_write_json, read_jsonl
 
 log = logging.getLogger("sawt.distill")
 
@@ -41,8 +41,8 @@ def build(
     """Writes the SFT split; returns counts (written, without a trace, bad records)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    from core.progress import progress
     from inference_server.batch_infer import iter_split
-    from sawt.progress import progress
     from tools.data_convert import write_indexes
     from trainer.data.example import BadRecord, decode_speech, encode_example
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sawt.fileio import DurableJsonl, atomic_write_json, read_jsonl
+from core.fileio import DurableJsonl, atomic_write_json, read_jsonl
 
 log = logging.getLogger("sawt.distill")
 
@@ -148,7 +148,7 @@ async def generate(
     """Asks the teacher for every item not yet in ``OUT/cot.jsonl``; returns counts."""
     import openai
 
-    from sawt.progress import progress
+    from core.progress import progress
 
     out.mkdir(parents=True, exist_ok=True)
     done = {str(r["sample_id"]) for r in read_jsonl(out / COT_FILE)}

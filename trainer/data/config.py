@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from sawt.configlib import Frozen
+from core.configlib import Frozen
 from trainer.data.text import DEFAULT_INSTRUCTION
 
 

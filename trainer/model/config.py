@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from sawt.configlib import ConfigError, Frozen
+from core.configlib import Frozen
+from core.errors import ConfigError
 
 DType = Literal["float32", "bfloat16"]
 

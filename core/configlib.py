@@ -18,13 +18,11 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
+from core.errors import ConfigError
+
 BASE_KEY = "base"
 
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
-
-
-class ConfigError(ValueError):
-    """A configuration could not be loaded; the message names the key or file at fault."""
 
 
 class Frozen(pydantic.BaseModel):
