@@ -41,6 +41,7 @@ WORKDIR /opt/sawt/src
 COPY pyproject.toml README.md hatch_build.py ./
 COPY core/ core/
 COPY sawt/ sawt/
+COPY k8s/ k8s/
 COPY trainer/ trainer/
 COPY inference_server/ inference_server/
 COPY tools/ tools/

@@ -1,6 +1,6 @@
 """PNG snapshots of the Grafana dashboards, drawn with matplotlib from a real Prometheus (no Grafana needed).
 
-Every panel of k8s/dashboards' training and inference dashboards (the JSON that `tools.dashboards` builds)
+Every panel of k8s/dashboards' training and inference dashboards (the JSON that `k8s.grafana` builds)
 becomes one small chart: each target's PromQL runs through Prometheus' ``/api/v1/query_range`` over the
 chosen time range, with Grafana's ``$__rate_interval`` replaced by ``--rate-window``, and every returned
 series is drawn with the panel's legend format and unit. Stat panels show their last value.
@@ -29,8 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tools import dashboards
-from tools.k8s_values import REPO_ROOT
+from k8s import grafana
+from k8s.config import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "docs" / "img"
 COLUMNS = 4
@@ -120,7 +120,7 @@ def fetch_dashboard(
             continue
         lines = []
         for target in panel["targets"]:
-            expr = target["expr"].replace(dashboards.RATE, rate_window)
+            expr = target["expr"].replace(grafana.RATE, rate_window)
             for series in query_range(url, expr, start, end, step):
                 lines.append((legend(target.get("legendFormat", ""), series.labels), series))
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "short")
@@ -198,7 +198,7 @@ def snapshot(
         name -> (PNG path, titles of the panels that had no data).
     """
     result = {}
-    for name, build in dashboards.DASHBOARDS.items():
+    for name, build in grafana.DASHBOARDS.items():
         board = build()
         panels = fetch_dashboard(board, url, start, end, rate_window)
         path = render(board["title"], panels, start, out_dir / f"dashboard-{name}.png", subtitle)

@@ -23,7 +23,7 @@ def _add_values_args(parser: argparse.ArgumentParser) -> None:
         "--values",
         metavar="FILE",
         default=None,
-        help="values YAML (default: k8s/values/v4-32.yaml); keys are documented in tools/k8s_values.py",
+        help="values YAML (default: k8s/values/v4-32.yaml); keys are documented in k8s/config.py",
     )
     parser.add_argument(
         "--set",
@@ -106,15 +106,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _objects(args: argparse.Namespace, schemas: bool = False) -> list[dict]:
     """Loads values, renders the workload and refuses objects that fail the lint."""
     from core.errors import UsageError
-    from tools import k8s_lint, k8s_render
-    from tools.k8s_values import load_values
+    from k8s import lint, render
+    from k8s.config import load_values
 
     values = load_values(args.values, args.overrides)
     try:
-        objects = k8s_render.render_objects(values, args.workload)
-    except k8s_render.RenderError as err:
+        objects = render.render_objects(values, args.workload)
+    except render.RenderError as err:
         raise UsageError(str(err)) from None
-    problems = k8s_lint.lint(objects) if schemas else k8s_lint.semantic_problems(objects)
+    problems = lint.lint(objects) if schemas else lint.semantic_problems(objects)
     if problems:
         raise UsageError(f"the rendered {args.workload} manifests have problems:\n  " + "\n  ".join(problems))
     return objects
@@ -123,75 +123,73 @@ def _objects(args: argparse.Namespace, schemas: bool = False) -> list[dict]:
 def _render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tools import k8s_render
+    from k8s import render
 
     objects = _objects(args, schemas=args.validate)
     if args.out:
-        for path in k8s_render.write_objects(objects, Path(args.out)):
+        for path in render.write_objects(objects, Path(args.out)):
             print(path, file=sys.stderr)
     else:
-        sys.stdout.write(k8s_render.dump_objects(objects))
+        sys.stdout.write(render.dump_objects(objects))
     return 0
 
 
 def _cluster(args: argparse.Namespace):
     from core.errors import UsageError
-    from tools import k8s_client
+    from k8s import client
 
     try:
-        return k8s_client.Cluster(k8s_client.connect(args.kubeconfig, args.context))
-    except k8s_client.DeployError as err:
+        return client.Cluster(client.connect(args.kubeconfig, args.context))
+    except client.DeployError as err:
         raise UsageError(str(err)) from None
 
 
 def _guarded(fn):
     """Runs a cluster operation, turning DeployError into a one-line usage error."""
     from core.errors import UsageError
-    from tools import k8s_client
+    from k8s import client
 
     try:
         return fn()
-    except k8s_client.DeployError as err:
+    except client.DeployError as err:
         raise UsageError(str(err)) from None
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from tools import k8s_client
+    from k8s import client
 
     objects = _objects(args)
     if args.dry_run:
         for obj in objects:
-            print(
-                f"would apply {k8s_client.describe(obj)} (server-side, field manager {k8s_client.FIELD_MANAGER})"
-            )
+            print(f"would apply {client.describe(obj)} (server-side, field manager {client.FIELD_MANAGER})")
         return 0
     cluster = _cluster(args)
     for obj in objects:
         _guarded(lambda obj=obj: cluster.apply(obj))
-        print(f"{k8s_client.describe(obj)} applied")
+        print(f"{client.describe(obj)} applied")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from tools import k8s_client
+    from k8s import client
 
-    objects = list(k8s_client.workload_objects(_objects(args), args.workload))
+    objects = list(client.workload_objects(_objects(args), args.workload))
     cluster = _cluster(args)
     for obj in objects:
-        for line in _guarded(lambda obj=obj: k8s_client.summarize(cluster, obj)):
+        for line in _guarded(lambda obj=obj: client.summarize(cluster, obj)):
             print(line)
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
     from core.errors import UsageError
-    from tools import k8s_client
+    from k8s import client
 
-    objects = list(k8s_client.workload_objects(_objects(args), args.workload))
+    objects = list(client.workload_objects(_objects(args), args.workload))
     cluster = _cluster(args)
     pods = []
     for obj in objects:
-        selector = k8s_client.pod_selector(obj)
+        selector = client.pod_selector(obj)
         if selector:
             pods += _guarded(lambda s=selector, o=obj: cluster.list("Pod", o["metadata"]["namespace"], s))
     if args.pod:
@@ -213,17 +211,17 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from tools import k8s_client
+    from k8s import client
 
     objects = _objects(args)
     if not args.all:
-        objects = list(k8s_client.workload_objects(objects, args.workload))
+        objects = list(client.workload_objects(objects, args.workload))
     if args.dry_run:
         for obj in objects:
-            print(f"would delete {k8s_client.describe(obj)}")
+            print(f"would delete {client.describe(obj)}")
         return 0
     cluster = _cluster(args)
     for obj in reversed(objects):
         deleted = _guarded(lambda obj=obj: cluster.delete(obj))
-        print(f"{k8s_client.describe(obj)} {'deleted' if deleted else 'not found'}")
+        print(f"{client.describe(obj)} {'deleted' if deleted else 'not found'}")
     return 0

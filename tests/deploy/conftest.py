@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tools import k8s_lint
+from k8s import lint
 
 
 @pytest.fixture(scope="session")
 def schemas():
     """../shared/schemas relative to the repo root (CI places it beside the clone); a clear failure if absent."""
     try:
-        return k8s_lint.schemas_dir()
-    except k8s_lint.SchemasMissing as err:
+        return lint.schemas_dir()
+    except lint.SchemasMissing as err:
         pytest.fail(str(err))

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import yaml
 
+from k8s import render
+from k8s.config import load_values
 from sawt.cli import main
-from tools import k8s_render
-from tools.k8s_values import load_values
 
 
 def test_render_prints_multi_document_yaml(capsys):
     assert main(["deploy", "render", "train"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert docs == k8s_render.render_objects(load_values(), "train")
+    assert docs == render.render_objects(load_values(), "train")
     assert [d["kind"] for d in docs] == ["ServiceAccount", "PriorityClass", "ConfigMap", "JobSet", "Service"]
 
 

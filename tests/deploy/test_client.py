@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from k8s import render
+from k8s.config import load_values
 from sawt.cli import main
 from tests.deploy import apiserver_stub
-from tools import k8s_render
-from tools.k8s_values import load_values
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/sawt/jobsets"
 
@@ -35,7 +35,7 @@ def run(stub, *argv: str) -> int:
 def test_apply_train_is_server_side_apply_of_every_rendered_object(stub, capsys):
     assert run(stub, "apply", "train") == 0
     patches = [r for r in stub.requests if r.method == "PATCH"]
-    expected = k8s_render.render_objects(load_values(), "train")
+    expected = render.render_objects(load_values(), "train")
     assert [r.body for r in patches] == expected
     assert [r.path for r in patches] == [
         "/api/v1/namespaces/sawt/serviceaccounts/sawt",

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from helpers.metric_names import HISTOGRAMS, SERVER_METRICS, TRAINER_METRICS
 
-from tools import alerts, dashboards, k8s_render
-from tools.k8s_values import load_values
+from k8s import alerting, grafana, render
+from k8s.config import load_values
 
 REQUIRED_PANELS = {
     "training": {
@@ -63,17 +63,17 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def test_committed_dashboards_match_the_builder():
-    for name, build in dashboards.DASHBOARDS.items():
-        path = dashboards.DASHBOARDS_DIR / f"{name}.json"
-        assert path.read_text() == dashboards.dashboard_json(build()), (
-            f"{path} is stale; regenerate with: .venv/bin/python -m tools.k8s_render --dashboards"
+    for name, build in grafana.DASHBOARDS.items():
+        path = grafana.DASHBOARDS_DIR / f"{name}.json"
+        assert path.read_text() == grafana.dashboard_json(build()), (
+            f"{path} is stale; regenerate with: .venv/bin/python -m k8s.render --dashboards"
         )
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_PANELS))
 def test_dashboards_have_the_required_panels_and_only_interface_metrics(name):
-    board = dashboards.DASHBOARDS[name]()
-    queries = dashboards.panel_queries(board)
+    board = grafana.DASHBOARDS[name]()
+    queries = grafana.panel_queries(board)
     titles = {title for title, _ in queries}
     assert REQUIRED_PANELS[name] <= titles, REQUIRED_PANELS[name] - titles
     allowed = TRAINER_METRICS if name == "training" else SERVER_METRICS
@@ -94,7 +94,7 @@ def test_dashboards_have_the_required_panels_and_only_interface_metrics(name):
 
 
 def test_all_queries_lists_both_dashboards():
-    queries = dashboards.all_queries("2m")
+    queries = grafana.all_queries("2m")
     assert set(queries) == {"training", "inference"}
     assert all("[2m]" in q for _, q in queries["inference"] if "rate(" in q)
 
@@ -111,7 +111,7 @@ def _check_rules(promtool, tmp_path, rules: dict, name: str) -> None:
 def test_every_dashboard_query_parses_as_promql(promtool, tmp_path):
     rules = [
         {"record": f"sawt:dashboard_check:{i}", "expr": expr}
-        for i, (_, expr) in enumerate(q for qs in dashboards.all_queries("5m").values() for q in qs)
+        for i, (_, expr) in enumerate(q for qs in grafana.all_queries("5m").values() for q in qs)
     ]
     _check_rules(
         promtool, tmp_path, {"groups": [{"name": "dashboard-queries", "rules": rules}]}, "queries.yaml"
@@ -119,15 +119,15 @@ def test_every_dashboard_query_parses_as_promql(promtool, tmp_path):
 
 
 def test_committed_rules_file_is_current_and_valid(promtool, tmp_path):
-    text = alerts.RULES_FILE.read_text()
-    assert yaml.safe_load(text) == alerts.alert_rules(), (
-        "k8s/alerts/sawt-rules.yaml is stale; regenerate with: .venv/bin/python -m tools.k8s_render --alerts"
+    text = alerting.RULES_FILE.read_text()
+    assert yaml.safe_load(text) == alerting.alert_rules(), (
+        "k8s/alerts/sawt-rules.yaml is stale; regenerate with: .venv/bin/python -m k8s.render --alerts"
     )
     result = subprocess.run(
-        [promtool, "check", "rules", str(alerts.RULES_FILE)], capture_output=True, text=True, timeout=60
+        [promtool, "check", "rules", str(alerting.RULES_FILE)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    names = {rule["alert"] for group in alerts.alert_rules()["groups"] for rule in group["rules"]}
+    names = {rule["alert"] for group in alerting.alert_rules()["groups"] for rule in group["rules"]}
     assert {
         "SawtTrainingStalled",
         "SawtTrainingNonFiniteSkips",
@@ -138,7 +138,7 @@ def test_committed_rules_file_is_current_and_valid(promtool, tmp_path):
 
 @pytest.mark.parametrize("backend", ["gmp", "prometheus-operator"])
 def test_rendered_rule_objects_pass_promtool(backend, promtool, tmp_path):
-    objects = k8s_render.render_objects(load_values(None, [f"monitoring.backend={backend}"]), "monitoring")
+    objects = render.render_objects(load_values(None, [f"monitoring.backend={backend}"]), "monitoring")
     (rule_object,) = [o for o in objects if o["kind"] in ("Rules", "PrometheusRule")]
     assert rule_object["kind"] == ("Rules" if backend == "gmp" else "PrometheusRule")
     if backend == "prometheus-operator":
@@ -146,12 +146,12 @@ def test_rendered_rule_objects_pass_promtool(backend, promtool, tmp_path):
     _check_rules(promtool, tmp_path, rule_object["spec"], f"{backend}.yaml")
     boards = [o for o in objects if o["kind"] == "ConfigMap"]
     assert {o["metadata"]["labels"]["grafana_dashboard"] for o in boards} == {"1"}
-    assert json.loads(boards[0]["data"]["training.json"]) == dashboards.training_dashboard()
+    assert json.loads(boards[0]["data"]["training.json"]) == grafana.training_dashboard()
 
 
 def test_alert_rules_fire_on_synthetic_series(promtool, tmp_path):
     """promtool's rule unit tests: a flat step counter and a 10% 5xx rate fire; a moving step does not."""
-    alerts.write_rules_file(tmp_path / "rules.yaml")
+    alerting.write_rules_file(tmp_path / "rules.yaml")
     tests = textwrap.dedent(
         """
         rule_files: [rules.yaml]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from core.errors import ConfigError
-from tools import k8s_lint, k8s_render, tpu_types
-from tools.k8s_values import VALUES_DIR, load_values
+from k8s import lint, render, tpu_types
+from k8s.config import VALUES_DIR, load_values
 
 SAMPLE_VALUES = sorted(p.name for p in VALUES_DIR.glob("*.yaml"))
 # A multi-host slice for train/batch-infer and a single-host one for serve, per TPU generation.
@@ -47,10 +47,10 @@ def test_sample_values_exist():
 @pytest.mark.parametrize("tpu_type", sorted(RETARGETS))
 def test_every_workload_passes_strict_schemas_and_lint(values_file, tpu_type, schemas):
     values = _values(values_file, tpu_type)
-    for workload in k8s_render.WORKLOADS:
-        objects = k8s_render.render_objects(values, workload)
+    for workload in render.WORKLOADS:
+        objects = render.render_objects(values, workload)
         assert objects, workload
-        assert k8s_lint.lint(objects, schemas) == [], (values_file, tpu_type, workload)
+        assert lint.lint(objects, schemas) == [], (values_file, tpu_type, workload)
 
 
 @pytest.mark.parametrize("values_file", SAMPLE_VALUES)
@@ -58,8 +58,8 @@ def test_multi_host_serving_renders_a_leaderworkerset(values_file, schemas):
     values = load_values(
         VALUES_DIR / values_file, ["serve.tpu.type=v4", "serve.tpu.topology=2x2x4", "serve.hpa.enabled=false"]
     )
-    objects = k8s_render.render_objects(values, "serve")
-    assert k8s_lint.lint(objects, schemas) == []
+    objects = render.render_objects(values, "serve")
+    assert lint.lint(objects, schemas) == []
     (lws,) = _by_kind(objects, "LeaderWorkerSet")
     assert not _by_kind(objects, "Deployment")
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 4
@@ -71,7 +71,7 @@ def test_multi_host_serving_renders_a_leaderworkerset(values_file, schemas):
 
 
 def test_train_jobset_has_the_v4_32_shape():
-    objects = k8s_render.render_objects(load_values(), "train")
+    objects = render.render_objects(load_values(), "train")
     (jobset,) = _by_kind(objects, "JobSet")
     assert jobset["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == (
         "cloud.google.com/gke-nodepool"
@@ -133,7 +133,7 @@ def test_train_jobset_has_the_v4_32_shape():
 
 
 def test_restart_exit_code_is_a_value():
-    objects = k8s_render.render_objects(load_values(None, ["train.restart_exit_code=17"]), "train")
+    objects = render.render_objects(load_values(None, ["train.restart_exit_code=17"]), "train")
     rule = _by_kind(objects, "JobSet")[0]["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]
     assert rule["rules"][0]["onExitCodes"]["values"][0] == 17
 
@@ -154,7 +154,7 @@ def test_retargeting_derives_hosts_and_chips_from_the_table(
 ):
     assert tpu_types.tpu_slice(tpu_type, topology).chips == chips
     values = load_values(None, [f"tpu.type={tpu_type}", f"tpu.topology={topology}"])
-    job = _by_kind(k8s_render.render_objects(values, "batch-infer"), "JobSet")[0]["spec"]["replicatedJobs"][0]
+    job = _by_kind(render.render_objects(values, "batch-infer"), "JobSet")[0]["spec"]["replicatedJobs"][0]
     spec = job["template"]["spec"]
     assert spec["parallelism"] == spec["completions"] == hosts
     pod = spec["template"]["spec"]
@@ -171,7 +171,7 @@ def test_unknown_topology_is_a_clear_error():
 
 def test_multislice_sets_replicas_and_megascale_env():
     values = load_values(VALUES_DIR / "multislice.yaml")
-    (jobset,) = _by_kind(k8s_render.render_objects(values, "train"), "JobSet")
+    (jobset,) = _by_kind(render.render_objects(values, "train"), "JobSet")
     rjob = jobset["spec"]["replicatedJobs"][0]
     assert rjob["replicas"] == 2
     pod = rjob["template"]["spec"]["template"]["spec"]
@@ -190,22 +190,22 @@ def test_multislice_sets_replicas_and_megascale_env():
 
 
 def test_privileged_is_an_explicit_toggle(schemas):
-    default = _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")[0]
+    default = _by_kind(render.render_objects(load_values(), "serve"), "Deployment")[0]
     assert "privileged" not in default["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert default["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     as_root = _by_kind(
-        k8s_render.render_objects(load_values(None, ["security.tpu_run_as_non_root=false"]), "serve"),
+        render.render_objects(load_values(None, ["security.tpu_run_as_non_root=false"]), "serve"),
         "Deployment",
     )[0]
     assert "runAsNonRoot" not in as_root["spec"]["template"]["spec"]["securityContext"]
-    objects = k8s_render.render_objects(load_values(None, ["security.privileged=true"]), "serve")
+    objects = render.render_objects(load_values(None, ["security.privileged=true"]), "serve")
     container = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["securityContext"] == {"privileged": True}
-    assert k8s_lint.lint(objects, schemas) == []
+    assert lint.lint(objects, schemas) == []
 
 
 def test_cpu_jobs_are_indexed_and_non_root():
-    objects = k8s_render.render_objects(load_values(), "data-convert")
+    objects = render.render_objects(load_values(), "data-convert")
     (job,) = _by_kind(objects, "Job")
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 1
     spec = job["spec"]["template"]["spec"]
@@ -222,7 +222,7 @@ def test_cpu_jobs_are_indexed_and_non_root():
         "--workers",
         "16",
     ]
-    sharded = k8s_render.render_objects(load_values(VALUES_DIR / "multislice.yaml"), "data-convert")
+    sharded = render.render_objects(load_values(VALUES_DIR / "multislice.yaml"), "data-convert")
     (sharded_job,) = _by_kind(sharded, "Job")
     assert sharded_job["spec"]["completions"] == sharded_job["spec"]["parallelism"] == 8
     args = sharded_job["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -232,7 +232,7 @@ def test_cpu_jobs_are_indexed_and_non_root():
 
     parsed = build_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "7") for a in args[1:]])
     assert (parsed.shard_index, parsed.num_shards) == (7, 8)
-    ckpt = _by_kind(k8s_render.render_objects(load_values(), "ckpt-convert"), "Job")[0]
+    ckpt = _by_kind(render.render_objects(load_values(), "ckpt-convert"), "Job")[0]
     assert ckpt["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "sawt",
         "convert",
@@ -247,8 +247,8 @@ def test_cpu_jobs_are_indexed_and_non_root():
 
 
 def test_serve_deployment_probes_grace_and_hpa(schemas):
-    objects = k8s_render.render_objects(load_values(None, ["serve.hpa.enabled=true"]), "serve")
-    assert k8s_lint.lint(objects, schemas) == []
+    objects = render.render_objects(load_values(None, ["serve.hpa.enabled=true"]), "serve")
+    assert lint.lint(objects, schemas) == []
     (deployment,) = _by_kind(objects, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     container = spec["containers"][0]
@@ -263,8 +263,8 @@ def test_serve_deployment_probes_grace_and_hpa(schemas):
 
 def test_every_object_carries_app_labels():
     values = load_values()
-    for workload in k8s_render.WORKLOADS:
-        for obj in k8s_render.render_objects(values, workload):
+    for workload in render.WORKLOADS:
+        for obj in render.render_objects(values, workload):
             labels = obj["metadata"]["labels"]
             assert labels["app.kubernetes.io/name"] == "sawt", obj["metadata"]["name"]
             assert labels["app.kubernetes.io/managed-by"] == "sawt-deploy"
@@ -272,22 +272,22 @@ def test_every_object_carries_app_labels():
 
 def test_goldens_match_the_default_values():
     values = load_values()
-    for workload in k8s_render.WORKLOADS:
-        golden = k8s_render.golden_path(workload)
-        assert golden.read_text() == k8s_render.render(values, workload), (
-            f"{golden} is stale; regenerate with: .venv/bin/python -m tools.k8s_render --goldens"
+    for workload in render.WORKLOADS:
+        golden = render.golden_path(workload)
+        assert golden.read_text() == render.render(values, workload), (
+            f"{golden} is stale; regenerate with: .venv/bin/python -m k8s.render --goldens"
         )
 
 
 def test_long_names_are_refused():
     values = load_values(None, ["train.run_name=" + "a" * 45])
-    problems = k8s_lint.semantic_problems(k8s_render.render_objects(values, "train"))
+    problems = lint.semantic_problems(render.render_objects(values, "train"))
     assert any("pod names like" in p and "> 63" in p for p in problems)
 
 
 def test_long_lws_names_are_refused():
     values = load_values(None, ["serve.tpu.topology=2x2x4", "serve.name=" + "s" * 56])
-    problems = k8s_lint.semantic_problems(k8s_render.render_objects(values, "serve"))
+    problems = lint.semantic_problems(render.render_objects(values, "serve"))
     assert any("LeaderWorkerSet" in p and "longer than 63" in p for p in problems), problems
 
 
@@ -352,29 +352,29 @@ def _jobset(objects):
     ],
 )
 def test_lint_catches_broken_jobsets(mutate, expected, schemas):
-    jobset = copy.deepcopy(_jobset(k8s_render.render_objects(load_values(), "train")))
+    jobset = copy.deepcopy(_jobset(render.render_objects(load_values(), "train")))
     mutate(jobset)
-    problems = k8s_lint.lint([jobset], schemas)
+    problems = lint.lint([jobset], schemas)
     assert any(expected in p for p in problems), problems
 
 
 def test_lint_fails_kinds_without_a_schema(schemas):
     bogus = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
-    assert any("no schema for kind Widget" in p for p in k8s_lint.lint([bogus], schemas))
+    assert any("no schema for kind Widget" in p for p in lint.lint([bogus], schemas))
 
 
 def test_lint_catches_core_schema_errors(schemas):
-    (deployment,) = _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")
+    (deployment,) = _by_kind(render.render_objects(load_values(), "serve"), "Deployment")
     deployment["spec"]["replicas"] = "two"
-    assert any("'two' is not of type 'integer'" in p for p in k8s_lint.lint([deployment], schemas))
+    assert any("'two' is not of type 'integer'" in p for p in lint.lint([deployment], schemas))
     deployment["spec"]["replicas"] = 1
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
-    assert any("imagePullPolicyy" in p for p in k8s_lint.lint([deployment], schemas))
+    assert any("imagePullPolicyy" in p for p in lint.lint([deployment], schemas))
 
 
 def test_every_values_field_is_documented():
     from core.configlib import undocumented_fields
-    from tools.k8s_values import Values
+    from k8s.config import Values
 
     assert undocumented_fields(Values) == []
 
@@ -395,16 +395,14 @@ def test_tpu_table_covers_the_four_generations():
 
 
 def test_a_template_that_repeats_a_key_is_a_render_error(monkeypatch):
-    monkeypatch.setattr(
-        k8s_render, "render_text", lambda values, workload: "kind: A\nmetadata: {}\nkind: B\n"
-    )
-    with pytest.raises(k8s_render.RenderError, match="duplicate key 'kind'"):
-        k8s_render.render_objects(load_values(), "train")
+    monkeypatch.setattr(render, "render_text", lambda values, workload: "kind: A\nmetadata: {}\nkind: B\n")
+    with pytest.raises(render.RenderError, match="duplicate key 'kind'"):
+        render.render_objects(load_values(), "train")
 
 
 def test_batch_infer_shards_records_over_the_hosts_of_one_slice():
     values = load_values(VALUES_DIR / "multislice.yaml")  # tpu.slices=2 is for training only
-    (jobset,) = _by_kind(k8s_render.render_objects(values, "batch-infer"), "JobSet")
+    (jobset,) = _by_kind(render.render_objects(values, "batch-infer"), "JobSet")
     rjob = jobset["spec"]["replicatedJobs"][0]
     assert rjob["replicas"] == 1
     env = {e["name"]: e for e in rjob["template"]["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -437,11 +435,11 @@ def test_serving_shards_the_weights_over_the_chips_of_a_host(tpu_type, multi, si
         ],
     )
     serve_chips = tpu_types.tpu_slice(tpu_type, single).chips_per_host
-    (deployment,) = _by_kind(k8s_render.render_objects(values, "serve"), "Deployment")
+    (deployment,) = _by_kind(render.render_objects(values, "serve"), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert _tensor_parallel(container) == serve_chips
     assert container["resources"]["limits"]["google.com/tpu"] == str(serve_chips)
-    (jobset,) = _by_kind(k8s_render.render_objects(values, "batch-infer"), "JobSet")
+    (jobset,) = _by_kind(render.render_objects(values, "batch-infer"), "JobSet")
     container = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
     assert _tensor_parallel(container) == tpu_types.tpu_slice(tpu_type, multi).chips_per_host
     assert container["resources"]["limits"]["google.com/tpu"] == str(_tensor_parallel(container))
@@ -450,18 +448,18 @@ def test_serving_shards_the_weights_over_the_chips_of_a_host(tpu_type, multi, si
 def test_tensor_parallel_default_and_override():
     assert (
         _tensor_parallel(
-            _by_kind(k8s_render.render_objects(load_values(), "serve"), "Deployment")[0]["spec"]["template"][
+            _by_kind(render.render_objects(load_values(), "serve"), "Deployment")[0]["spec"]["template"][
                 "spec"
             ]["containers"][0]
         )
         == 4
     )  # the default v4-8 server host: the ~60 GB bf16 thinker over 4 x 32 GB chips
     lws_values = load_values(None, ["serve.tpu.topology=2x2x4", "serve.tensor_parallel=2"])
-    (lws,) = _by_kind(k8s_render.render_objects(lws_values, "serve"), "LeaderWorkerSet")
+    (lws,) = _by_kind(render.render_objects(lws_values, "serve"), "LeaderWorkerSet")
     for role in ("leaderTemplate", "workerTemplate"):
         assert _tensor_parallel(lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"][0]) == 2
     (jobset,) = _by_kind(
-        k8s_render.render_objects(load_values(None, ["batch_infer.tensor_parallel=1"]), "batch-infer"),
+        render.render_objects(load_values(None, ["batch_infer.tensor_parallel=1"]), "batch-infer"),
         "JobSet",
     )
     assert (
@@ -470,12 +468,10 @@ def test_tensor_parallel_default_and_override():
         )
         == 1
     )
-    with pytest.raises(
-        k8s_render.RenderError, match=r"serve\.tensor_parallel: 8 exceeds the 4 chips per host"
-    ):
-        k8s_render.render_objects(load_values(None, ["serve.tensor_parallel=8"]), "serve")
-    with pytest.raises(k8s_render.RenderError, match=r"batch_infer\.args: set batch_infer\.tensor_parallel"):
-        k8s_render.render_objects(
+    with pytest.raises(render.RenderError, match=r"serve\.tensor_parallel: 8 exceeds the 4 chips per host"):
+        render.render_objects(load_values(None, ["serve.tensor_parallel=8"]), "serve")
+    with pytest.raises(render.RenderError, match=r"batch_infer\.args: set batch_infer\.tensor_parallel"):
+        render.render_objects(
             load_values(None, ['batch_infer.args=["--tensor-parallel", "2"]']), "batch-infer"
         )
     with pytest.raises(ConfigError, match=r"serve\.tensor_parallel"):

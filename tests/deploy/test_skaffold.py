@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import yaml
 
-from tools import k8s_lint, k8s_render
-from tools.k8s_values import REPO_ROOT, load_values
+from k8s import lint, render
+from k8s.config import REPO_ROOT, load_values
 
 SKAFFOLD = REPO_ROOT / "skaffold.yaml"
 
@@ -16,7 +16,7 @@ def _config():
 
 
 def test_skaffold_yaml_passes_the_v4beta14_schema(schemas):
-    assert k8s_lint.skaffold_problems(SKAFFOLD, schemas) == []
+    assert lint.skaffold_problems(SKAFFOLD, schemas) == []
 
 
 def test_schema_check_rejects_typos_and_other_versions(schemas, tmp_path):
@@ -24,11 +24,11 @@ def test_schema_check_rejects_typos_and_other_versions(schemas, tmp_path):
     broken["manifests"]["rawYAML"] = broken["manifests"].pop("rawYaml")
     path = tmp_path / "skaffold.yaml"
     path.write_text(yaml.safe_dump(broken))
-    assert any("'rawYAML' was unexpected" in p for p in k8s_lint.skaffold_problems(path, schemas))
+    assert any("'rawYAML' was unexpected" in p for p in lint.skaffold_problems(path, schemas))
     broken = _config()
     broken["apiVersion"] = "skaffold/v4beta13"
     path.write_text(yaml.safe_dump(broken))
-    assert any("expected skaffold/v4beta14" in p for p in k8s_lint.skaffold_problems(path, schemas))
+    assert any("expected skaffold/v4beta14" in p for p in lint.skaffold_problems(path, schemas))
 
 
 def test_builds_both_images_that_the_manifests_use():
@@ -47,7 +47,7 @@ def test_renders_with_sawt_deploy_in_a_before_hook():
         script = hook["host"]["command"][-1]
         assert "deploy render $w" in script and "-o build/k8s/$w" in script
         loop = script.split("for w in ", 1)[1].split(";", 1)[0].split()
-        assert set(loop) <= set(k8s_render.WORKLOADS)
+        assert set(loop) <= set(render.WORKLOADS)
         assert manifests["rawYaml"] == ["build/k8s/*/*.yaml"]
     assert "kubectl" in config["deploy"]
 
@@ -70,7 +70,7 @@ def test_port_forwards_name_rendered_services():
         services = {
             (o["metadata"]["name"], o["metadata"]["namespace"]): {p["port"] for p in o["spec"]["ports"]}
             for workload in ("train", "serve")
-            for o in k8s_render.render_objects(values, workload)
+            for o in render.render_objects(values, workload)
             if o["kind"] == "Service"
         }
         for forward in forwards:

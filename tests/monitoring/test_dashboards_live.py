@@ -18,7 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tools import dashboards
+from k8s import grafana
 from tools.dashboard_snapshot import query_range, snapshot
 from tools.monitoring_stack import StackConfig, live_stack
 
@@ -51,7 +51,7 @@ def _max(stack, expr: str) -> float:
 
 
 def test_every_panel_query_returns_data(stack):
-    queries = dashboards.all_queries(rate_window="1m")
+    queries = grafana.all_queries(rate_window="1m")
     assert len(queries["training"]) >= 20 and len(queries["inference"]) >= 15
     missing = []
     for board, panel_queries in queries.items():

@@ -1,12 +1,12 @@
 """Renders the Kubernetes manifests of one workload from typed values: `render(values, workload) -> str`.
 
-Pure: Jinja2 templates in k8s/templates (StrictUndefined) over `tools.k8s_values.Values` and the TPU table;
+Pure: Jinja2 templates in k8s/templates (StrictUndefined) over `k8s.config.Values` and the TPU table;
 no kubectl or gcloud. Templates hold the structure of each object; blocks that are data (labels, env,
 volumes, security contexts, resources) are computed here and written with the `toyaml` filter, never
 pasted together as strings. The rendered text is parsed and dumped again, so the output is always
 well-formed YAML in one canonical layout (what the goldens compare).
 
-Regenerate the goldens after a deliberate change: ``.venv/bin/python -m tools.k8s_render --goldens``.
+Regenerate the goldens after a deliberate change: ``.venv/bin/python -m k8s.render --goldens``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 import jinja2
 import yaml
 
-from tools import alerts, dashboards
-from tools.k8s_values import REPO_ROOT, FuseBucket, Values, load_values
-from tools.tpu_types import ACCELERATOR_LABEL, TOPOLOGY_LABEL, TPU_RESOURCE, TpuSlice
+from k8s import alerting, grafana
+from k8s.config import PACKAGE_DIR, REPO_ROOT, FuseBucket, Values, load_values
+from k8s.tpu_types import ACCELERATOR_LABEL, TOPOLOGY_LABEL, TPU_RESOURCE, TpuSlice
 
-TEMPLATES_DIR = REPO_ROOT / "k8s" / "templates"
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
 GOLDENS_DIR = REPO_ROOT / "tests" / "goldens" / "deploy"
 
 WORKLOADS = ("train", "batch-infer", "data-convert", "ckpt-convert", "serve", "monitoring")
@@ -459,12 +459,12 @@ def _serve_context(values: Values) -> dict[str, Any]:
 
 def _monitoring_context(values: Values) -> dict[str, Any]:
     boards = {
-        "training": dashboards.training_dashboard(),
-        "inference": dashboards.inference_dashboard(),
+        "training": grafana.training_dashboard(),
+        "inference": grafana.inference_dashboard(),
     }
     return {
-        "rules": alerts.alert_rules(values.monitoring.alerts),
-        "dashboards": {key: dashboards.dashboard_json(board) for key, board in boards.items()},
+        "rules": alerting.alert_rules(values.monitoring.alerts),
+        "dashboards": {key: grafana.dashboard_json(board) for key, board in boards.items()},
         "operator_labels": {**labels(values, "monitoring"), **values.monitoring.operator_labels},
         "server": f"{values.name}-{values.serve.name}",
     }
@@ -545,7 +545,7 @@ def render(values: Values, workload: str) -> str:
     """Renders ``workload`` as multi-document YAML from validated ``values``.
 
     Args:
-        values: typed values (see `tools.k8s_values.load_values`).
+        values: typed values (see `k8s.config.load_values`).
         workload: one of WORKLOADS.
 
     Returns:
@@ -603,9 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     everything = not (args.goldens or args.dashboards or args.alerts)
     written: list[Path] = []
     if args.dashboards or everything:
-        written += dashboards.write_dashboards()
+        written += grafana.write_dashboards()
     if args.alerts or everything:
-        written.append(alerts.write_rules_file())
+        written.append(alerting.write_rules_file())
     if args.goldens or everything:
         written += write_goldens()
     for path in written:

@@ -1,7 +1,7 @@
 """Grafana dashboards for the trainer and the server, built from data (a small builder, no dependency).
 
 Each panel is a `Panel` of PromQL targets over the metric names of docs/interfaces.md §7. The JSON files in
-k8s/dashboards/ are generated from here (``python -m tools.k8s_render --dashboards``) and a test checks
+k8s/dashboards/ are generated from here (``python -m k8s.render --dashboards``) and a test checks
 that they match; the monitoring workload wraps each dashboard in a ConfigMap for Grafana's sidecar.
 `panel_queries` lists every panel's PromQL with Grafana's variables replaced, so that each query can be
 run against a real Prometheus.
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.k8s_values import REPO_ROOT
+from k8s.config import PACKAGE_DIR
 
-DASHBOARDS_DIR = REPO_ROOT / "k8s" / "dashboards"
+DASHBOARDS_DIR = PACKAGE_DIR / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 # Labels that tell the processes of one trainer or the pods of one server apart.

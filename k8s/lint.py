@@ -10,7 +10,7 @@ Three layers (gke-tpu.md §3):
     clear of the TPU runtime's, names within 63 characters (JobSet pod names included), labels present,
     safe security contexts.
 
-Run on files: ``.venv/bin/python -m tools.k8s_lint FILE.yaml ...`` (exit 1 on problems).
+Run on files: ``.venv/bin/python -m k8s.lint FILE.yaml ...`` (exit 1 on problems).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tools import tpu_types
-from tools.k8s_values import REPO_ROOT
+from k8s import tpu_types
+from k8s.config import REPO_ROOT
 
 # The Kubernetes minor version whose strict schemas core kinds are checked against (GKE regular channel).
 KUBERNETES_VERSION = "1.33"

@@ -15,10 +15,13 @@ from pydantic import Field, field_validator, model_validator
 
 from core import configlib
 from core.configlib import Frozen
-from tools import tpu_types
+from k8s import tpu_types
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VALUES_DIR = REPO_ROOT / "k8s" / "values"
+# The package folder holds the data beside the code (templates/, values/, dashboards/, alerts/), so an installed
+# wheel finds it as a clone does; the repository root matters only to dev tasks (goldens, the shared schemas).
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+VALUES_DIR = PACKAGE_DIR / "values"
 DEFAULT_VALUES = VALUES_DIR / "v4-32.yaml"
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -67,7 +70,7 @@ class Resources(Frozen):
 
 class TpuValues(Frozen):
     type: Literal["v4", "v5e", "v5p", "v6e"] = Field("v4", description="TPU generation.")
-    topology: str = Field("2x2x4", description="Slice topology, AxB or AxBxC; must be in tools/tpu_types.py.")
+    topology: str = Field("2x2x4", description="Slice topology, AxB or AxBxC; must be in k8s/tpu_types.py.")
     slices: int = Field(
         1,
         ge=1,
