@@ -206,14 +206,13 @@ def hf_to_orbax(
         raise FileNotFoundError(f"{hf_dir}: no config.json (expected a save_pretrained directory)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty")
-    hf_config = json.loads((hf_dir / "config.json").read_text())
     cast = DTYPES[dtype] if dtype else None
     tensors = open_checkpoint(hf_dir)
-    plan = plan_hf(tensors, ModelConfig.from_hf_config(hf_config))
+    plan = plan_hf(tensors, ModelConfig.from_hf_json(hf_dir))
     stored = {t.dtype for t in plan.sources.values()}
     param_dtype = cast if cast is not None else (stored.pop() if len(stored) == 1 else np.dtype(np.float32))
-    model_config = ModelConfig.from_hf_config(
-        hf_config, param_dtype=DTYPE_NAMES.get(np.dtype(param_dtype), "float32")
+    model_config = ModelConfig.from_hf_json(
+        hf_dir, param_dtype=DTYPE_NAMES.get(np.dtype(param_dtype), "float32")
     )
     for group, n in sorted(plan.skipped.items()):
         log(f"skipping {n} {group}.* tensors (not used by the ASR thinker)")

@@ -158,13 +158,21 @@ class ModelConfig(Frozen):
         return self
 
     @classmethod
-    def from_hf_config(cls, hf: Mapping[str, Any], name: str | None = None, **overrides: Any) -> ModelConfig:
+    def from_hf_config(
+        cls,
+        hf: Mapping[str, Any],
+        name: str | None = None,
+        generation: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> ModelConfig:
         """Builds a config from an HF `config.json` dict (full model or bare thinker).
 
         Args:
             hf: the parsed json. A full Qwen3-Omni config has `thinker_config`; a bare thinker has
                 `text_config` and `audio_config` at the top.
             name: preset name to record; defaults to the json's `_name_or_path` or `model_type`.
+            generation: the parsed `generation_config.json`, where the release keeps its eos and pad ids
+                (its `config.json` leaves them null); ids in `config.json` win when both are set.
             **overrides: top-level ModelConfig fields to set (e.g. `compute_dtype="bfloat16"`).
 
         Raises:
@@ -194,9 +202,17 @@ class ModelConfig(Frozen):
             )
         if thinker.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
             raise ConfigError("HF config: tie_word_embeddings=true is not supported (the thinker is untied)")
-        eos = text.get("eos_token_id", thinker.get("eos_token_id"))
+        generation = generation or {}
+
+        def first_set(key: str) -> Any:
+            for source in (text, thinker, generation):
+                if source.get(key) is not None:
+                    return source[key]
+            return None
+
+        eos = first_set("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        pad = text.get("pad_token_id", thinker.get("pad_token_id"))
+        pad = first_set("pad_token_id")
         audio_start = need(thinker, "audio_start_token_id", "thinker_config")
         tokens = TokenIds(
             audio_token_id=need(thinker, "audio_token_id", "thinker_config"),
@@ -242,12 +258,18 @@ class ModelConfig(Frozen):
 
     @classmethod
     def from_hf_json(cls, path: str | Path, **overrides: Any) -> ModelConfig:
-        """Reads `config.json` (or a directory holding one) and calls `from_hf_config`."""
+        """Reads `config.json` (or a directory holding one, with its `generation_config.json` if any) and
+        calls `from_hf_config`."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path}: cannot read HF config: {err}") from err
-        return cls.from_hf_config(data, **overrides)
+
+        def read(file: Path) -> Any:
+            try:
+                return json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ConfigError(f"{file}: cannot read HF config: {err}") from err
+
+        generation_file = path.with_name("generation_config.json")
+        generation = read(generation_file) if generation_file.is_file() else None
+        return cls.from_hf_config(read(path), generation=generation, **overrides)
