@@ -61,11 +61,13 @@ lock:
 images-smoke: setup
 	$(PY) -m tools.images smoke
 
-# Model parity goldens: tiny random HF Qwen3-Omni thinkers + reference outputs (tests/goldens/model/).
+# Model parity goldens: tiny random HF Qwen3-Omni thinkers + reference outputs (tests/goldens/model/), and
+# the release-shaped fixture (a tiny full Qwen3-Omni in the published release's layout, tests/goldens/release/).
 # transformers' modelling needs torch, whose CPU wheels exist here only for Python 3.11: a separate venv.
 VENV_REF := .venv-ref
 goldens: $(VENV_REF)/.installed
 	$(VENV_REF)/bin/python tools/hf_reference/make_goldens.py --out tests/goldens/model
+	$(VENV_REF)/bin/python tools/hf_reference/release_fixture.py --out tests/goldens/release
 
 $(VENV_REF)/.installed:
 	@test -x $(VENV_REF)/bin/python || python3.11 -m venv $(VENV_REF)
