@@ -1,8 +1,9 @@
 """Tokenizer, ASR prompt and training labels (interface 3 and the token half of the batch dict).
 
-The tokenizer loads from a local Hugging Face tokenizer directory (``tokenizer.json``, ``tokenizer_config.json``
-and, when a checkpoint ships one, ``chat_template.json`` / ``chat_template.jinja``), exactly as a real checkpoint
-ships it; the demo corpus writes one with the same special tokens as Qwen3-Omni at small ids. Special ids are
+The tokenizer loads from a local Hugging Face tokenizer directory exactly as a real checkpoint ships it:
+``tokenizer_config.json`` with ``tokenizer.json`` or with ``vocab.json`` + ``merges.txt`` (the Qwen3-Omni
+release), and the processor's ``chat_template.json`` / ``chat_template.jinja``, which win over the tokenizer's own
+template as in HF's processor. The demo corpus writes one with the same special tokens as Qwen3-Omni at small ids. Special ids are
 always read from the tokenizer, never hard-coded, so the same code serves the demo and the 30B checkpoint.
 
 The ASR prompt is rendered with the tokenizer's own chat template (one user turn holding [audio, instruction],
@@ -76,37 +77,60 @@ class TokenizerError(ValueError):
     """The tokenizer directory is missing, unreadable or lacks a token the ASR prompt needs."""
 
 
+# What a loadable HF tokenizer directory holds: a serialized fast tokenizer, or the BPE files it is built from
+# (the published Qwen3-Omni release ships vocab.json + merges.txt and no tokenizer.json).
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+# Where a checkpoint's processor template lives, in the order HF's processor prefers them; the tokenizer's
+# own template (tokenizer_config.json) is the fallback.
+PROCESSOR_TEMPLATE_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether ``directory`` holds the files of an HF tokenizer (either form of `TOKENIZER_FILE_SETS`)."""
+    path = Path(directory)
+    return any(all((path / f).is_file() for f in files) for files in TOKENIZER_FILE_SETS)
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Loads an HF tokenizer directory and reads the special ids from it.
 
     Args:
-        directory: a local directory with ``tokenizer.json`` and ``tokenizer_config.json``.
+        directory: a local directory with ``tokenizer_config.json`` and either ``tokenizer.json`` or
+            ``vocab.json`` + ``merges.txt`` (as the Qwen3-Omni release ships it).
 
     Returns:
-        The `Tokenizer`.
+        The `Tokenizer`. Its chat template is the processor's (``chat_template.json`` or
+        ``chat_template.jinja``, as HF's processor loads it) when the directory has one, else the
+        tokenizer's own.
 
     Raises:
         TokenizerError: the directory or a required special token is missing, or it has no chat template.
     """
     path = Path(directory)
-    if not (path / "tokenizer.json").is_file():
-        raise TokenizerError(f"{path}: no tokenizer.json here (expected an HF tokenizer directory)")
+    if not has_tokenizer(path):
+        raise TokenizerError(
+            f"{path}: no tokenizer here (expected an HF tokenizer directory: tokenizer.json, or vocab.json "
+            "and merges.txt, beside tokenizer_config.json)"
+        )
     from transformers import AutoTokenizer
 
     try:
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # transformers raises many kinds; the user needs the path and the reason
         raise TokenizerError(f"{path}: cannot load the tokenizer ({err})") from err
-    if not getattr(hf, "chat_template", None):
-        hf.chat_template = _processor_chat_template(path)
-    if not hf.chat_template:
+    template = processor_chat_template(path) or getattr(hf, "chat_template", None)
+    if not template:
         raise TokenizerError(
-            f"{path}: no chat template (looked in tokenizer_config.json, chat_template.jinja, chat_template.json)"
+            f"{path}: no chat template (looked in {', '.join(PROCESSOR_TEMPLATE_FILES)} and "
+            "tokenizer_config.json)"
         )
+    hf.chat_template = template
 
     def special(name: str) -> int:
+        # Found by exact token text: whatever the unk token is (None in Qwen's release, <|endoftext|> with
+        # transformers' Qwen2Tokenizer defaults), a missing token maps to some other token's text.
         token_id = hf.convert_tokens_to_ids(name)
-        if token_id is None or token_id == hf.unk_token_id or hf.convert_ids_to_tokens(token_id) != name:
+        if token_id is None or hf.convert_ids_to_tokens(int(token_id)) != name:
             raise TokenizerError(f"{path}: the tokenizer has no {name} token")
         return int(token_id)
 
@@ -123,23 +147,28 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     )
 
 
-def _processor_chat_template(path: Path) -> str | None:
-    """The template a checkpoint ships beside the tokenizer for its processor (Qwen3-Omni's chat_template.json),
-    which ``AutoTokenizer`` does not read."""
+def processor_chat_template(path: Path) -> str | None:
+    """The template a checkpoint ships for its processor, which ``AutoTokenizer`` alone does not prefer.
+
+    HF's processor takes ``processor_config.json``'s ``chat_template``, else ``chat_template.json``
+    (Qwen3-Omni's release), else ``chat_template.jinja``.
+    """
     import json
 
-    if (path / "chat_template.jinja").is_file():
-        return (path / "chat_template.jinja").read_text(encoding="utf-8")
-    if (path / "chat_template.json").is_file():
+    for name in PROCESSOR_TEMPLATE_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        if name.endswith(".jinja"):
+            return file.read_text(encoding="utf-8")
         try:
-            template = json.loads((path / "chat_template.json").read_text(encoding="utf-8")).get(
-                "chat_template"
-            )
+            template = json.loads(file.read_text(encoding="utf-8")).get("chat_template")
         except (ValueError, AttributeError) as err:
-            raise TokenizerError(
-                f"{path / 'chat_template.json'}: not a JSON object with chat_template"
-            ) from err
-        return template if isinstance(template, str) else None
+            raise TokenizerError(f"{file}: not a JSON object") from err
+        if isinstance(template, str) and template:
+            return template
+        if name == "chat_template.json":
+            raise TokenizerError(f"{file}: has no chat_template string")
     return None
 
 
