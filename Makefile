@@ -59,15 +59,15 @@ lock:
 # Build images/*.Dockerfile with podman from a locally made stand-in base, then smoke-run both images
 # (docs/images.md). Needs root on Debian; SAWT_SKIP_IMAGES=1 skips it, loudly.
 images-smoke: setup
-	$(PY) -m tools.images smoke
+	$(PY) -m tools.dev.images smoke
 
 # Model parity goldens: tiny random HF Qwen3-Omni thinkers + reference outputs (tests/goldens/model/), and
 # the release-shaped fixture (a tiny full Qwen3-Omni in the published release's layout, tests/goldens/release/).
 # transformers' modelling needs torch, whose CPU wheels exist here only for Python 3.11: a separate venv.
 VENV_REF := .venv-ref
 goldens: $(VENV_REF)/.installed
-	$(VENV_REF)/bin/python tools/hf_reference/make_goldens.py --out tests/goldens/model
-	$(VENV_REF)/bin/python tools/hf_reference/release_fixture.py --out tests/goldens/release
+	$(VENV_REF)/bin/python tools/dev/hf_reference/make_goldens.py --out tests/goldens/model
+	$(VENV_REF)/bin/python tools/dev/hf_reference/release_fixture.py --out tests/goldens/release
 
 $(VENV_REF)/.installed:
 	@test -x $(VENV_REF)/bin/python || python3.11 -m venv $(VENV_REF)
@@ -88,7 +88,7 @@ plan-30b: setup
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_fp32_fsdp16.json train.global_batch_size=32 train.precision.param_dtype=float32
 
 # PNG snapshots of the Grafana dashboards (docs/img/) from a fresh tiny training run + loaded server scraped
-# by a local Prometheus (tools/monitoring_stack.py; a few minutes on CPU).
+# by a local Prometheus (tools/dev/monitoring_stack.py; a few minutes on CPU).
 .PHONY: dashboards-png
 dashboards-png: setup
-	$(PY) -m tools.dashboard_snapshot --live --out-dir docs/img
+	$(PY) -m tools.dev.dashboard_snapshot --live --out-dir docs/img

@@ -5,7 +5,7 @@
 
 Peers:
 - Example decode: google.protobuf (the upb C runtime, protobuf 7) parsing the same bytes with TF's
-  example.proto field numbers (tools/example_proto.py), then every feature into numpy / bytes, which is what
+  example.proto field numbers (tools/dev/example_proto.py), then every feature into numpy / bytes, which is what
   our `decode_example` returns. Two variants: the buffer fast path (``np.asarray`` on the repeated field,
   which protobuf 7 supports) and element by element (``np.fromiter``, what code written for older protobuf
   versions, or for other runtimes, gets).
@@ -92,7 +92,7 @@ def bench_example_decode(quick: bool) -> dict[str, Any]:
         in wall-clock time (``_wall``, inflated for the peer on a loaded machine), for the hot regime and
         vs element-by-element protobuf; and the raw microseconds per record.
     """
-    from tools.example_proto import example_classes
+    from tools.dev.example_proto import example_classes
     from trainer.data.example import FAST_DECODER_IMPL, decode_example, decode_speech, use_fast_decoder
 
     pb = example_classes()

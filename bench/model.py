@@ -162,8 +162,8 @@ def our_decode_tokens_per_s(model, prompt: dict, new_tokens: int, repeats: int) 
 
 def convert_rss(work: Path, layers: int) -> dict:
     """Peak RSS of a fresh `sawt convert hf-to-orbax` on a synthetic checkpoint with the real widths."""
+    from tools.dev.synthetic_hf import write_synthetic_hf
     from tools.hf_layout import leaf_specs
-    from tools.synthetic_hf import write_synthetic_hf
     from trainer.config import load_experiment
 
     real = load_experiment("qwen3-omni-30b-a3b", []).model
@@ -216,7 +216,7 @@ def convert_rss(work: Path, layers: int) -> dict:
 def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from tools.convert_hf import hf_to_orbax
-    from tools.synthetic_hf import write_synthetic_hf
+    from tools.dev.synthetic_hf import write_synthetic_hf
     from trainer.config import load_experiment
 
     quick = bool(getattr(args, "quick", False))

@@ -14,9 +14,9 @@ import pytest
 
 from sawt.cli import main as sawt_main
 from tools.convert_hf import ConversionError, hf_to_orbax, orbax_to_hf
+from tools.dev.synthetic_hf import write_synthetic_hf
 from tools.hf_layout import leaf_specs
 from tools.safetensors_io import INDEX_FILE, SINGLE_FILE, open_checkpoint, read_tensor, write_safetensors
-from tools.synthetic_hf import write_synthetic_hf
 from trainer.model.config import ModelConfig
 from trainer.model_checkpoint import (
     MODEL_CONFIG_FILE,

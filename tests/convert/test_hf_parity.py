@@ -25,7 +25,7 @@ def test_converted_logits_match_hf_pytorch(tmp_path, prefix):
     from flax import nnx
 
     from tools.convert_hf import hf_to_orbax
-    from tools.synthetic_hf import write_synthetic_hf
+    from tools.dev.synthetic_hf import write_synthetic_hf
     from trainer.config import load_experiment
     from trainer.data.audio import encoder_token_count
     from trainer.model.params import load_param_tree

@@ -2,8 +2,8 @@
 
 Every test runs twice, once with each fast path of the decoder (the compiled C one and its Python reference).
 
-The goldens under tests/goldens/data/ were written by real TensorFlow 2.21 (tools/make_tf_goldens.py); the
-protobuf peer is google.protobuf (upb) running a descriptor with TF's field numbers (tools/example_proto.py).
+The goldens under tests/goldens/data/ were written by real TensorFlow 2.21 (tools/dev/make_tf_goldens.py); the
+protobuf peer is google.protobuf (upb) running a descriptor with TF's field numbers (tools/dev/example_proto.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from tests.helpers.wire import ld as _ld
 from tests.helpers.wire import varint as _varint
-from tools.example_proto import example_classes
-from tools.make_tf_goldens import SPEECH, speech_wave
+from tools.dev.example_proto import example_classes
+from tools.dev.make_tf_goldens import SPEECH, speech_wave
 from trainer.data.example import (
     BadRecord,
     DecodeError,

@@ -27,7 +27,7 @@ GOLDENS = Path(__file__).resolve().parents[1] / "goldens" / "data"
 
 
 def _golden_payloads() -> list[bytes]:
-    # What tools/make_tf_goldens.py wrote with tf.io.TFRecordWriter, in order.
+    # What tools/dev/make_tf_goldens.py wrote with tf.io.TFRecordWriter, in order.
     return [
         (GOLDENS / "speech.det.pb").read_bytes(),
         b"",

@@ -1,6 +1,6 @@
 """The release-shaped fixture: a tiny full Qwen3-Omni checkpoint laid out like the published release.
 
-`tools/hf_reference/release_fixture.py` (`make goldens`, torch venv) builds it with transformers and commits
+`tools/dev/hf_reference/release_fixture.py` (`make goldens`, torch venv) builds it with transformers and commits
 it as `tests/goldens/release/qwen3-omni-tiny.tar.xz` (the directory, byte for byte), with transformers'
 thinker outputs in `reference.npz`. `release_dir()` extracts it once per archive version into the temp
 directory and returns the path; treat it as read-only (copy it first to change anything).
@@ -77,7 +77,7 @@ def reference_batch() -> dict[str, np.ndarray]:
     """
     from transformers import WhisperFeatureExtractor
 
-    from tools.hf_reference.make_goldens import features, waveform
+    from tools.dev.hf_reference.make_goldens import features, waveform
     from trainer.data.audio import encoder_token_count
 
     ref = reference()

@@ -1,4 +1,4 @@
-"""Unit tests of tools.images, the podman CI driver: host facts, mirror discovery, reporting, skipping.
+"""Unit tests of tools.dev.images, the podman CI driver: host facts, mirror discovery, reporting, skipping.
 
 The podman build and smoke runs themselves take minutes and run in CI as `make images-smoke`, not here.
 These tests use real files in tmp_path and run the real module; nothing is mocked.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.images.base import apt_mirror, base_image_name
-from tools.images.host import HostError, HostFacts, os_release_codename
-from tools.images.report import Report, StepFailed, StepNotRunnable
+from tools.dev.images.base import apt_mirror, base_image_name
+from tools.dev.images.host import HostError, HostFacts, os_release_codename
+from tools.dev.images.report import Report, StepFailed, StepNotRunnable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,7 +111,7 @@ def test_report_fails_unless_every_step_passed(capsys):
 
 def test_skip_is_explicit_and_loud():
     done = subprocess.run(
-        [sys.executable, "-m", "tools.images", "smoke"],
+        [sys.executable, "-m", "tools.dev.images", "smoke"],
         cwd=REPO,
         env={"PATH": "/usr/bin:/bin", "SAWT_SKIP_IMAGES": "1"},
         capture_output=True,
@@ -125,7 +125,7 @@ def test_skip_is_explicit_and_loud():
 
 def test_lint_action_runs_hadolint_and_passes():
     done = subprocess.run(
-        [sys.executable, "-m", "tools.images", "lint"],
+        [sys.executable, "-m", "tools.dev.images", "lint"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from tools.hf_reference.make_goldens import CLIP_SECONDS, SAMPLE_RATE, features, waveform
+from tools.dev.hf_reference.make_goldens import CLIP_SECONDS, SAMPLE_RATE, features, waveform
 from trainer.data.audio import encoder_token_count
 from trainer.model import hf_names
 from trainer.model.config import ModelConfig

@@ -1,7 +1,7 @@
 """Numerical parity with Hugging Face transformers' Qwen3-Omni thinker (fp32), against committed goldens.
 
 The goldens (tests/goldens/model/<name>/) are tiny random HF thinkers saved with `save_pretrained` plus
-HF's outputs, built by `make goldens` (tools/hf_reference/make_goldens.py, run in `.venv-ref` with torch).
+HF's outputs, built by `make goldens` (tools/dev/hf_reference/make_goldens.py, run in `.venv-ref` with torch).
 Two configs differ in experts, top-k, KV heads, audio layers and the attention window. Tolerance: 1e-4
 max abs difference on logits of std ~1.
 """
@@ -110,7 +110,7 @@ def test_every_moe_path_matches_hf(impl):
 
 def test_data_pipeline_log_mel_feeds_the_encoder_like_hf():
     """`log_mel` (the loader's features) vs HF WhisperFeatureExtractor, then through our encoder."""
-    from tools.hf_reference.make_goldens import CLIP_SECONDS, waveform
+    from tools.dev.hf_reference.make_goldens import CLIP_SECONDS, waveform
     from trainer.data.audio import log_mel
 
     model = golden_model("tiny_a")

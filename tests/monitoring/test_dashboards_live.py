@@ -1,6 +1,6 @@
 """Every Grafana panel returns data from a real Prometheus scraping a real training run and a real server.
 
-Nothing here is mocked (`tools.monitoring_stack`): Debian's Prometheus scrapes, every second, a tiny
+Nothing here is mocked (`tools.dev.monitoring_stack`): Debian's Prometheus scrapes, every second, a tiny
 `sawt train --config tiny` run on an espeak-ng corpus (with evaluations, checkpoints and a record the loader
 skips) and `sawt serve` on a tiny checkpoint under load from the `openai` client (including requests the
 server must refuse). Then every PromQL of both dashboards runs through Prometheus' HTTP API, and the PNG
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from k8s import grafana
-from tools.dashboard_snapshot import query_range, snapshot
-from tools.monitoring_stack import StackConfig, live_stack
+from tools.dev.dashboard_snapshot import query_range, snapshot
+from tools.dev.monitoring_stack import StackConfig, live_stack
 
 CFG = StackConfig(train_steps=30, eval_every=10)
 

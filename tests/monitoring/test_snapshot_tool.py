@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tools.dashboard_snapshot import PanelData, Series, legend, main, parse_time, render
-from tools.monitoring_stack import free_port, prometheus_config
+from tools.dev.dashboard_snapshot import PanelData, Series, legend, main, parse_time, render
+from tools.dev.monitoring_stack import free_port, prometheus_config
 from trainer.metrics import TrainMetrics
 
 

@@ -1,8 +1,8 @@
-"""`python -m tools.images`: lint, build and smoke-run the container images with podman (what CI runs).
+"""`python -m tools.dev.images`: lint, build and smoke-run the container images with podman (what CI runs).
 
-    python -m tools.images smoke    # lint, stand-in base, both images, smoke runs, summary (make images-smoke)
-    python -m tools.images build    # lint, stand-in base and both images only
-    python -m tools.images lint     # hadolint on images/*.Dockerfile only
+    python -m tools.dev.images smoke    # lint, stand-in base, both images, smoke runs, summary (make images-smoke)
+    python -m tools.dev.images build    # lint, stand-in base and both images only
+    python -m tools.dev.images lint     # hadolint on images/*.Dockerfile only
 
 Set SAWT_SKIP_IMAGES=1 to skip everything (it says so loudly). Exit status: 0 only when every step passed.
 """
@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.images import base, smoke
-from tools.images.host import HostError, Podman, ensure_tools, host_facts
-from tools.images.report import Report, StepFailed, banner, say
+from tools.dev.images import base, smoke
+from tools.dev.images.host import HostError, Podman, ensure_tools, host_facts
+from tools.dev.images.report import Report, StepFailed, banner, say
 
 DEFAULT_WORK_DIR = smoke.REPO / "build" / "podman"
 DOCKERFILES = (smoke.TRAINER_DOCKERFILE, smoke.SERVER_DOCKERFILE)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.images",
+        prog="python -m tools.dev.images",
         description=(
             "Build images/trainer.Dockerfile and images/server.Dockerfile with podman from a locally made "
             "stand-in for python:3.12-slim-<debian codename>, and smoke-run them: two training steps of the "

@@ -12,13 +12,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tools.images.host import Podman, tail
-from tools.images.report import StepFailed, StepNotRunnable, say
+from tools.dev.images.host import Podman, tail
+from tools.dev.images.report import StepFailed, StepNotRunnable, say
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TRAINER_DOCKERFILE = REPO / "images" / "trainer.Dockerfile"
 SERVER_DOCKERFILE = REPO / "images" / "server.Dockerfile"
 TRAINER_IMAGE = "localhost/sawt-trainer:ci"
@@ -222,14 +223,20 @@ class SmokeRun:
         """A tiny model checkpoint made the way a user makes one: an HF directory through `sawt convert`.
 
         The HF directory holds random weights of the tiny preset in the released key layout
-        (tools.synthetic_hf) and the demo tokenizer made by the data step.
+        (tools.dev.synthetic_hf) and the demo tokenizer made by the data step. The weights are written on the
+        host, by this checkout's interpreter: dev-only tooling is not in the wheel, so not in the images.
         """
         require_command(self.podman, TRAINER_IMAGE, "convert", "hf-to-orbax")
-        self.run_in(
-            TRAINER_IMAGE,
-            "smoke-synthetic-hf.log",
-            *("python", "-m", "tools.synthetic_hf", "--out", "/data/hf", "--preset", "tiny"),
-        )
+        hf = self.data / "hf"
+        argv = (sys.executable, "-m", "tools.dev.synthetic_hf", "--out", str(hf), "--preset", "tiny")
+        say(f"    (host) {' '.join(argv[1:])}")
+        log_path = self.podman.logs_dir / "smoke-synthetic-hf.log"
+        with log_path.open("w") as log:
+            done = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=self.timeout)
+        if done.returncode != 0:
+            raise StepFailed(f"synthetic HF checkpoint: exited {done.returncode}; {tail(log_path)}")
+        for path in (hf, *hf.rglob("*")):
+            os.chown(path, IMAGE_UID, IMAGE_UID)
         tokenizer = self.data / "synth" / "tokenizer"
         if not (tokenizer / "tokenizer.json").is_file():
             raise StepFailed(f"{tokenizer}: no tokenizer.json from `sawt data synth`")

@@ -4,7 +4,7 @@ TensorFlow is not a dependency of sawt; run this in a throwaway venv that has it
 made the committed goldens):
 
     python3.12 -m venv .venv-tf && .venv-tf/bin/pip install tensorflow-cpu==2.21.0
-    .venv-tf/bin/python tools/make_tf_goldens.py            # writes tests/goldens/data/
+    .venv-tf/bin/python tools/dev/make_tf_goldens.py            # writes tests/goldens/data/
 
 The default test suite then checks, without TensorFlow, that our encoder reproduces these bytes exactly
 and that our decoder reads them (and TF's parse of hand-built unpacked encodings) to the same values.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "goldens" / "data"
 
 

@@ -1,4 +1,4 @@
-"""Step results and the summary table that ends every `python -m tools.images` run."""
+"""Step results and the summary table that ends every `python -m tools.dev.images` run."""
 
 from __future__ import annotations
 

@@ -5,10 +5,10 @@ becomes one small chart: each target's PromQL runs through Prometheus' ``/api/v1
 chosen time range, with Grafana's ``$__rate_interval`` replaced by ``--rate-window``, and every returned
 series is drawn with the panel's legend format and unit. Stat panels show their last value.
 
-    python -m tools.dashboard_snapshot --prometheus http://127.0.0.1:9090 --start now-30m --end now
-    python -m tools.dashboard_snapshot --live      # `make dashboards-png`: a fresh tiny run, then snapshots
+    python -m tools.dev.dashboard_snapshot --prometheus http://127.0.0.1:9090 --start now-30m --end now
+    python -m tools.dev.dashboard_snapshot --live      # `make dashboards-png`: a fresh tiny run, then snapshots
 
-``--live`` starts the same stack as the dashboard test (`tools.monitoring_stack`: Prometheus scraping a tiny
+``--live`` starts the same stack as the dashboard test (`tools.dev.monitoring_stack`: Prometheus scraping a tiny
 `sawt train` run and a `sawt serve` under load) and writes docs/img/dashboard-{training,inference}.png.
 """
 
@@ -225,11 +225,11 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.dashboard_snapshot",
+        prog="python -m tools.dev.dashboard_snapshot",
         description="Render the sawt Grafana dashboards (training, inference) as PNG grids from Prometheus data.",
         epilog="examples:\n"
-        "  python -m tools.dashboard_snapshot --prometheus http://127.0.0.1:9090 --start now-1h\n"
-        "  python -m tools.dashboard_snapshot --live   # what `make dashboards-png` runs",
+        "  python -m tools.dev.dashboard_snapshot --prometheus http://127.0.0.1:9090 --start now-1h\n"
+        "  python -m tools.dev.dashboard_snapshot --live   # what `make dashboards-png` runs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -237,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--live",
         action="store_true",
-        help="start a tiny training run, a loaded server and Prometheus (tools/monitoring_stack.py) first",
+        help="start a tiny training run, a loaded server and Prometheus (tools/dev/monitoring_stack.py) first",
     )
     p.add_argument("--start", default="now-30m", help="range start (default: now-30m; ignored with --live)")
     p.add_argument("--end", default="now", help="range end (default: now; ignored with --live)")
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --steps must be at least 1", file=sys.stderr)
         return 2
     if args.live:
-        from tools.monitoring_stack import StackConfig, StackError, live_stack
+        from tools.dev.monitoring_stack import StackConfig, StackError, live_stack
 
         with tempfile.TemporaryDirectory(prefix="sawt-live-") as tmp:
             workdir = args.workdir or Path(tmp)

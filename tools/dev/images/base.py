@@ -17,8 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tools.images.host import HostError, HostFacts, Podman, tail
-from tools.images.report import StepFailed, say
+from tools.dev.images.host import HostError, HostFacts, Podman, tail
+from tools.dev.images.report import StepFailed, say
 
 BASE_KEY_LABEL = "sawt.ci.base-key"
 # Bump when the recipe below changes, so that a cached base is rebuilt.

@@ -3,7 +3,7 @@
 For tests (tiny) and the conversion-memory benchmark (several GB: real hidden sizes, fewer layers). Tensors
 are generated and written one at a time, so making a big checkpoint needs little memory.
 
-    python -m tools.synthetic_hf --out /tmp/hf --preset tiny [--prefix thinker.] [--dtype bf16] [--with-visual]
+    python -m tools.dev.synthetic_hf --out /tmp/hf --preset tiny [--prefix thinker.] [--dtype bf16] [--with-visual]
 """
 
 from __future__ import annotations

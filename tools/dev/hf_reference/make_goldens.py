@@ -16,7 +16,7 @@ venv, and imports nothing from sawt (no JAX there). For each tiny config it writ
 Waveforms come from a closed formula (`waveform`), so the tests recompute the same log-mel with HF's
 WhisperFeatureExtractor in the main venv instead of storing it.
 
-Usage: .venv-ref/bin/python tools/hf_reference/make_goldens.py [--out tests/goldens/model] [--only NAME]
+Usage: .venv-ref/bin/python tools/dev/hf_reference/make_goldens.py [--out tests/goldens/model] [--only NAME]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `sawt serve` under a short load.
 
 Used by the dashboard test (tests/monitoring/test_dashboards_live.py) and by ``make dashboards-png``
-(`tools.dashboard_snapshot --live`), so the committed snapshots come from the same run the test checks.
+(`tools.dev.dashboard_snapshot --live`), so the committed snapshots come from the same run the test checks.
 
 What runs, all on 127.0.0.1 with free ports, under one work directory:
 
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "sawt-asr"
 TRAIN_POD, SERVE_POD, NAMESPACE = "sawt-train-0", "sawt-serve-0", "sawt-live"
 
@@ -366,7 +366,7 @@ def live_stack(
             trainer = start_training(workdir / "train", data_dir, tokenizer_dir, train_port, cfg)
             procs.append(trainer)
             checkpoint = workdir / "serve-ckpt"
-            ckpt_argv = [sys.executable, "-m", "tools.monitoring_stack", "checkpoint", str(checkpoint)]
+            ckpt_argv = [sys.executable, "-m", "tools.dev.monitoring_stack", "checkpoint", str(checkpoint)]
             _run_checked([*ckpt_argv, str(tokenizer_dir)], workdir / "checkpoint.log", "checkpoint", 300)
             serve_log = workdir / "serve.log"
             server = start_server(checkpoint, serve_port, serve_log)
@@ -398,11 +398,11 @@ def live_stack(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tools.monitoring_stack checkpoint OUT TOKENIZER_DIR`` (run by `live_stack` in a child, so the
+    """``python -m tools.dev.monitoring_stack checkpoint OUT TOKENIZER_DIR`` (run by `live_stack` in a child, so the
     parent never loads JAX)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] != "checkpoint":
-        print("usage: python -m tools.monitoring_stack checkpoint OUT TOKENIZER_DIR", file=sys.stderr)
+        print("usage: python -m tools.dev.monitoring_stack checkpoint OUT TOKENIZER_DIR", file=sys.stderr)
         return 2
     print(make_serving_checkpoint(Path(args[1]), Path(args[2])))
     return 0

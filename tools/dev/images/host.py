@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tools.images.report import StepFailed, say
+from tools.dev.images.report import StepFailed, say
 
 # Debian packages that provide the container tools (podman, buildah, runc) and the base image maker.
 TOOL_PACKAGES = {"podman": "podman", "buildah": "buildah", "runc": "runc", "debootstrap": "debootstrap"}
@@ -141,7 +141,7 @@ class Podman:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         f = self.facts
         self.containers_conf.write_text(
-            "# Written by tools/images/host.py from this host's facts; see docs/images.md.\n"
+            "# Written by tools/dev/images/host.py from this host's facts; see docs/images.md.\n"
             "[containers]\n"
             f"default_ulimits = {_toml_list(f.ulimits)}\n"
             "[engine]\n"
@@ -151,7 +151,7 @@ class Podman:
             'events_logger = "file"\n'
         )
         self.storage_conf.write_text(
-            "# Written by tools/images/host.py: image storage of CI's podman, under the work folder.\n"
+            "# Written by tools/dev/images/host.py: image storage of CI's podman, under the work folder.\n"
             "[storage]\n"
             'driver = "overlay"\n'
             f'graphroot = "{self.work_dir / "storage"}"\n'

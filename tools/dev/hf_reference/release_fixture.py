@@ -36,7 +36,7 @@ Outputs in `--out` (tests/goldens/release/):
 
 Runs in `.venv-ref` (Python 3.11 + torch CPU + transformers 5.24; `make goldens`); imports nothing from sawt.
 
-Usage: .venv-ref/bin/python tools/hf_reference/release_fixture.py [--out tests/goldens/release]
+Usage: .venv-ref/bin/python tools/dev/hf_reference/release_fixture.py [--out tests/goldens/release]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ if __package__ in (None, ""):  # run as a script: make the sibling module import
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from make_goldens import SAMPLE_RATE, features, waveform
 else:
-    from tools.hf_reference.make_goldens import SAMPLE_RATE, features, waveform
+    from tools.dev.hf_reference.make_goldens import SAMPLE_RATE, features, waveform
 
 NAME = "qwen3-omni-tiny"
 ARCHIVE = f"{NAME}.tar.xz"
@@ -105,7 +105,7 @@ VOCAB_SIZE = 152064  # embedding rows, padded above the tokenizer's 151676 ids a
 BPE_SIZE = 700  # the real byte-level BPE part of vocab.json; fillers follow up to FIRST_ADDED_ID - 1
 POOL_ROWS = 64
 INSTRUCTION = "Transcribe the Arabic audio."  # sawt's default ASR instruction (trainer/data/text.py)
-SENTENCES = Path(__file__).resolve().parents[1] / "corpus" / "ar_sentences.txt"
+SENTENCES = Path(__file__).resolve().parents[2] / "corpus" / "ar_sentences.txt"
 # Two ASR rows: clip seconds and the transcript the assistant turn holds.
 ROWS = ((2.5, "صباح الخير يا أصدقائي"), (9.37, "الطقس اليوم مشمس وجميل في المدينة"))
 # Columns of the stored logits: every STRIDE-th id plus every id of the inputs and every added token.
