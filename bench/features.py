@@ -141,7 +141,7 @@ def _write_clips(root: Path, count: int, seconds: float) -> tuple[Path, Path]:
     """An ArrayRecord train split of ``count`` ten-second clips with Arabic transcripts, plus a tokenizer."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    from tools.data_synth import read_sentences, tokenizer_training_text, write_tokenizer
+    from tools.data.synth import read_sentences, tokenizer_training_text, write_tokenizer
     from trainer.data.example import encode_speech
 
     sentences = [s.text for s in read_sentences()]

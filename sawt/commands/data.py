@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--workers", type=int, default=None, help="parallel espeak-ng processes (default: CPUs)"
     )
-    synth.set_defaults(func=lambda args: _run("tools.data_synth", args))
+    synth.set_defaults(func=lambda args: _run("tools.data.synth", args))
 
     convert = data_sub.add_parser(
         "convert",
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "i %% N == I, then writes the manifest and indexes only if every source shard is finished (so the "
         "last process to finish writes them); default: 0",
     )
-    convert.set_defaults(func=lambda args: _run("tools.data_convert", args))
+    convert.set_defaults(func=lambda args: _run("tools.data.convert", args))
 
     inspect = data_sub.add_parser(
         "inspect",
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="read every record of the ArrayRecord directory instead of trusting its manifest.json",
     )
     inspect.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    inspect.set_defaults(func=lambda args: _run("tools.data_inspect", args))
+    inspect.set_defaults(func=lambda args: _run("tools.data.inspect", args))
 
 
 def _run(module: str, args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from helpers.records import write_tfrecord
 
 from core.fileio import read_jsonl
 from sawt.cli import main as sawt
-from tools.manifest import SKIP_REASONS
+from tools.data.manifest import SKIP_REASONS
 from trainer.data.example import encode_example, encode_speech
 from trainer.data.tfrecord import iter_tfrecord
 
@@ -289,7 +289,7 @@ def test_crash_mid_shard_leaves_no_finished_looking_output(clean_src, tmp_path, 
 def test_parallel_workers_match_serial(clean_src, tmp_path, monkeypatch):
     import concurrent.futures as cf
 
-    import tools.data_convert as convert
+    from tools.data import convert
 
     src, _ = clean_src
     assert _convert(src, tmp_path / "serial") == 0

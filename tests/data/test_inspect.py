@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sawt.cli import main as sawt
-from tools.manifest import HISTOGRAM_EDGES_S, histogram, stats
+from tools.data.manifest import HISTOGRAM_EDGES_S, histogram, stats
 from trainer.data.example import encode_speech
 from trainer.data.tfrecord import TFRecordWriter
 

@@ -12,7 +12,7 @@ def make_tiny_checkpoint(out: Path, seed: int = 0, overrides: tuple[str, ...] = 
     """
     from flax import nnx
 
-    from tools.data_synth import read_sentences, tokenizer_training_text, write_tokenizer
+    from tools.data.synth import read_sentences, tokenizer_training_text, write_tokenizer
     from trainer.config import load_experiment
     from trainer.model.params import param_tree
     from trainer.model.thinker import Thinker

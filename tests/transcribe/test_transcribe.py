@@ -17,7 +17,7 @@ SR = 16_000
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A synthetic HF thinker (tiny preset, fp32) with the demo tokenizer, converted with `sawt convert`."""
-    from tools.data_synth import read_sentences, tokenizer_training_text, write_tokenizer
+    from tools.data.synth import read_sentences, tokenizer_training_text, write_tokenizer
     from tools.dev.synthetic_hf import write_synthetic_hf
     from trainer.config import load_experiment
 

@@ -12,7 +12,7 @@ target in this layout (Qwen3's thinking format)::
 
 plus the parts as extra features: ``reasoning``, ``transcript`` (the reference) and ``teacher_answer``.
 Records go to ``OUT/<split>/sft-NNNNN.array_record`` (written under a temporary name, then renamed), with
-``OUT/<split>/index.npz`` in the converter's format (`tools.data_convert.write_indexes`) and
+``OUT/<split>/index.npz`` in the converter's format (`tools.data.convert.write_indexes`) and
 ``OUT/<split>/build_summary.json``.
 """
 
@@ -43,7 +43,7 @@ def build(
 
     from core.progress import progress
     from inference_server.batch_infer import iter_split
-    from tools.data_convert import write_indexes
+    from tools.data.convert import write_indexes
     from trainer.data.example import BadRecord, decode_speech, encode_example
 
     cot_file = cot_dir / "cot.jsonl" if cot_dir.is_dir() else cot_dir

@@ -105,7 +105,7 @@ VOCAB_SIZE = 152064  # embedding rows, padded above the tokenizer's 151676 ids a
 BPE_SIZE = 700  # the real byte-level BPE part of vocab.json; fillers follow up to FIRST_ADDED_ID - 1
 POOL_ROWS = 64
 INSTRUCTION = "Transcribe the Arabic audio."  # sawt's default ASR instruction (trainer/data/text.py)
-SENTENCES = Path(__file__).resolve().parents[2] / "corpus" / "ar_sentences.txt"
+SENTENCES = Path(__file__).resolve().parents[2] / "data" / "corpus" / "ar_sentences.txt"
 # Two ASR rows: clip seconds and the transcript the assistant turn holds.
 ROWS = ((2.5, "صباح الخير يا أصدقائي"), (9.37, "الطقس اليوم مشمس وجميل في المدينة"))
 # Columns of the stored logits: every STRIDE-th id plus every id of the inputs and every added token.
@@ -595,7 +595,7 @@ def build(out_dir: Path) -> None:
         "params": sum(p.numel() for p in model.parameters()),
         "weights": "O(1) redraw rounded to bf16, saved in bf16 by save_pretrained; unreachable vocabulary rows "
         f"repeat a {POOL_ROWS}-row pool",
-        "tokenizer": f"byte-level BPE of {BPE_SIZE} entries on tools/corpus/ar_sentences.txt, fillers to id "
+        "tokenizer": f"byte-level BPE of {BPE_SIZE} entries on tools/data/corpus/ar_sentences.txt, fillers to id "
         f"{FIRST_ADDED_ID - 1}, the 33 added tokens at {FIRST_ADDED_ID}..{FIRST_ADDED_ID + len(ADDED_TOKENS) - 1}",
         "not_verified": "the release's chat template texts and generation_config.json values were not available "
         "offline: the templates here render Qwen's ChatML layout (docs/qwen3-omni-thinker.md §5), the "

@@ -7,7 +7,7 @@ Management): sentences from a small grammar over a closed vocabulary, with the *
 never heard in training but every word heard many times. The three genres below do that for everyday MSA:
 errands, weather forecasts and timetables, ~150 words in all.
 
-Run ``python -m tools.corpus.compose`` to rewrite the composed part of ar_sentences.txt (the hand-written
+Run ``python -m tools.data.corpus.compose`` to rewrite the composed part of ar_sentences.txt (the hand-written
 part above the marker is kept as is); tests/data/test_synth.py checks that the file matches this script.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 SENTENCES_FILE = Path(__file__).parent / "ar_sentences.txt"
-MARKER = "# ---- composed by tools/corpus/compose.py below this line; do not edit by hand ----"
+MARKER = "# ---- composed by tools/data/corpus/compose.py below this line; do not edit by hand ----"
 SENTENCES_PER_GENRE = 250
 SEED = 2026
 

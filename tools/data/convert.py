@@ -27,7 +27,7 @@ and only if, every source shard has a finished, verified sidecar; otherwise it n
 pending and exits 0, so the last one to finish writes the outputs below. Finalisation reads only the
 sidecars, so it is idempotent: concurrent finalisers write identical files, each atomically.
 
-At the end the converter writes (atomically) ``DST/manifest.json`` (see tools/manifest.py),
+At the end the converter writes (atomically) ``DST/manifest.json`` (see tools/data/manifest.py),
 ``DST/quarantine.jsonl`` and, per split directory, ``index.npz``: ``duration`` (float32 s, =
 audio_len / sample_rate), ``source_id`` (int32) and ``sources`` (the dataset names), one row per record in
 the order of that directory's shards sorted by file name, plus ``shards`` and ``shard_records``.
@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
-from tools.manifest import build_manifest, format_report
+from tools.data.manifest import build_manifest, format_report
 
 SIDECAR_VERSION = 1
 SIDECAR_DIR = ".convert"

@@ -1,7 +1,7 @@
 """`sawt data synth`: a small, real Arabic speech corpus made offline with espeak-ng.
 
-The bundled sentences (tools/corpus/ar_sentences.txt, written for this project: three hand-written genres and
-three composed from a closed vocabulary by tools/corpus/compose.py) are spoken by ``espeak-ng -v ar`` with
+The bundled sentences (tools/data/corpus/ar_sentences.txt, written for this project: three hand-written genres and
+three composed from a closed vocabulary by tools/data/corpus/compose.py) are spoken by ``espeak-ng -v ar`` with
 varied voice variants, speeds, pitch and gain, resampled to 16 kHz float32 and written as TFRecord shards in the
 seed schema under ``OUT/{train,validation,test}/``. The genre becomes the clip's ``dataset_name``
 (``espeak_daily``, ``espeak_news``, ``espeak_facts``, ``espeak_errands``, ``espeak_weather``,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UsageError
-from tools.manifest import MANIFEST_FORMAT, build_manifest, format_report
+from tools.data.manifest import MANIFEST_FORMAT, build_manifest, format_report
 
 _BATCH = 256
 
