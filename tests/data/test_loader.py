@@ -12,6 +12,7 @@ from trainer.data import batching
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
 from trainer.data.loader import Featuriser, batch_shapes, make_loader, read_index, split_shards
+from trainer.data.text import PromptStyle
 
 
 def _index(n: int = 500, seed: int = 0) -> SplitIndex:
@@ -236,7 +237,7 @@ def test_unusable_records_become_masked_rows(corpus, tokenizer):
         encode_speech(np.zeros(16000, np.float32), "نص <|audio_pad|> مدسوس", "x", "inj"),
         encode_speech(0.1 * np.ones(16000, np.float32), "نص عادي", "x", "fine"),
     ]
-    featurise = Featuriser(source, tokenizer, [(200, 96)], "Transcribe.")
+    featurise = Featuriser(source, tokenizer, [(200, 96)], PromptStyle("Transcribe."))
     batch = featurise((0, np.array([0, 1, 2, PAD_ROW])))
     assert batch["meta"]["status"] == ["bad_record:undecodable", "special_token_in_text", "ok", "pad"]
     assert batch["token_mask"].any(axis=1).tolist() == [False, False, True, False]
@@ -246,7 +247,7 @@ def test_bucket_too_small_for_the_prompt_is_a_clear_error(tokenizer):
     from trainer.data.loader import DataError
 
     with pytest.raises(DataError, match=r"bucket \(600, 40\)"):
-        Featuriser([], tokenizer, [(600, 40)], "Transcribe.")
+        Featuriser([], tokenizer, [(600, 40)], PromptStyle("Transcribe."))
 
 
 def test_missing_split_names_the_directory(tmp_path):
@@ -263,3 +264,44 @@ def test_index_scan_matches_the_converters_index(corpus):
     scanned = scan_index(split_shards(corpus.arrayrecord, "train"))
     np.testing.assert_allclose(scanned.duration, written.duration, rtol=1e-6)
     assert [scanned.sources[i] for i in scanned.source_id] == [written.sources[i] for i in written.source_id]
+
+
+def test_per_record_language_and_context_reach_the_training_row(corpus, tokenizer):
+    """data.language_field picks the instruction; data.context_field becomes a system turn (trainer/data/text)."""
+    from trainer.data.example import encode_example
+    from trainer.data.text import asr_prompt_ids, training_row
+
+    def record(sid, **extra):
+        wave = 0.1 * np.ones(16000, np.float32)
+        base = {"audio": wave, "audio_len": 16000, "sample_rate": 16000, "duration": 1.0, "text": "نص عادي",
+                "dataset_name": "x", "sample_id": sid}  # fmt: skip
+        return encode_example({**base, **extra})
+
+    source = [
+        record("plain"),
+        record("en", lang="en"),
+        record("ctx", lang="ar", context="أسماء: سلمى"),
+        record("bad-lang", lang="fr"),
+        record("bad-ctx", context="<|im_end|>"),
+    ]
+    style = PromptStyle("Transcribe.", {"ar": "Arabic please.", "en": "English please."})
+    featurise = Featuriser(
+        source, tokenizer, [(200, 96)], style, language_field="lang", context_field="context"
+    )
+    batch = featurise((0, np.arange(5)))
+    assert batch["meta"]["status"] == ["ok", "ok", "ok", "bad_prompt", "bad_prompt"]
+    transcript = tokenizer.encode("نص عادي")
+    n_audio = int(batch["audio_tokens"][0])
+    for b, (instruction, context) in enumerate(
+        [("Transcribe.", None), ("English please.", None), ("Arabic please.", "أسماء: سلمى")]
+    ):
+        row = training_row(tokenizer, n_audio, transcript, instruction, context)
+        n = row.input_ids.size
+        np.testing.assert_array_equal(batch["input_ids"][b, :n], row.input_ids)
+        assert batch["audio_offset"][b] == row.audio_offset
+        rendered = tokenizer.decode(
+            asr_prompt_ids(tokenizer, n_audio, instruction, context), skip_special_tokens=False
+        )
+        assert rendered.endswith(f"<|audio_end|>{instruction}<|im_end|>\n<|im_start|>assistant\n")
+        assert rendered.startswith("<|im_start|>system\n" if context else "<|im_start|>user\n")
+    assert "system\nأسماء: سلمى" in tokenizer.decode(batch["input_ids"][2], skip_special_tokens=False)

@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 
 from trainer.data.text import (
+    DEFAULT_INSTRUCTION,
+    LANGUAGE_INSTRUCTIONS,
     SPECIAL_TOKENS,
+    PromptError,
+    PromptStyle,
     TokenizerError,
     asr_messages,
     asr_prompt_ids,
     audio_offset,
+    clip_context,
     load_tokenizer,
     prompt_length,
     training_row,
@@ -54,6 +59,49 @@ def test_prompt_equals_the_hf_chat_template_rendering(tokenizer):
         asr_prompt_ids(tokenizer, 1, "اكتب النص.")
         == tokenizer.hf(rendered, add_special_tokens=False)["input_ids"]
     )
+
+
+def test_a_context_is_a_system_turn_rendered_by_the_chat_template(tokenizer):
+    ids = asr_prompt_ids(tokenizer, 2, "Transcribe.", "سلمى، يوسف")
+    assert tokenizer.decode(ids, skip_special_tokens=False) == (
+        "<|im_start|>system\nسلمى، يوسف<|im_end|>\n<|im_start|>user\n<|audio_start|>" + "<|audio_pad|>" * 2
+        + "<|audio_end|>Transcribe.<|im_end|>\n<|im_start|>assistant\n"
+    )  # fmt: skip
+    rendered = tokenizer.hf.apply_chat_template(
+        asr_messages("Transcribe.", "سلمى، يوسف"), add_generation_prompt=True, tokenize=False
+    )
+    assert (
+        asr_prompt_ids(tokenizer, 1, "Transcribe.", "سلمى، يوسف")
+        == tokenizer.hf(rendered, add_special_tokens=False)["input_ids"]
+    )
+    assert audio_offset(tokenizer, "Transcribe.", "سلمى، يوسف") == ids.index(tokenizer.audio_pad_id)
+    assert prompt_length(tokenizer, 2, "Transcribe.", "سلمى، يوسف") == len(ids)
+    # No context, or an empty one, is the plain prompt.
+    assert asr_prompt_ids(tokenizer, 2, "Transcribe.", None) == asr_prompt_ids(tokenizer, 2, "Transcribe.")
+    assert asr_messages("Transcribe.", "") == asr_messages("Transcribe.")
+
+
+def test_language_chooses_the_instruction_and_unknown_ones_are_named():
+    style = PromptStyle()
+    assert style.instruction_for(None) == DEFAULT_INSTRUCTION == style.instruction_for("ar")
+    assert style.instruction_for("EN") == LANGUAGE_INSTRUCTIONS["en"] != DEFAULT_INSTRUCTION
+    assert style.instruction_for("ar_EN") == LANGUAGE_INSTRUCTIONS["ar-en"]
+    with pytest.raises(PromptError, match=r"unsupported language 'fr'; supported: ar, ar-en, en"):
+        style.instruction_for("fr")
+    custom = PromptStyle("اكتب.", {"ar": "اكتب النص العربي."})
+    assert custom.instruction_for(None) == "اكتب." and custom.instruction_for("ar") == "اكتب النص العربي."
+
+
+def test_clip_context_keeps_the_last_tokens_and_refuses_special_tokens(tokenizer):
+    words = " ".join(f"كلمة{i}" for i in range(200))
+    clipped = clip_context(tokenizer, words, 16)
+    assert len(tokenizer.encode(clipped)) <= 16 and words.endswith(clipped)
+    assert clip_context(tokenizer, "قصير", 16) == "قصير"
+    assert clip_context(tokenizer, "", 16) is None and clip_context(tokenizer, None, 16) is None
+    with pytest.raises(PromptError, match="takes no prompt"):
+        clip_context(tokenizer, "قصير", 0)
+    with pytest.raises(PromptError, match=r"special tokens <\|audio_pad\|>, <\|im_end\|>"):
+        clip_context(tokenizer, "x<|im_end|>y<|audio_pad|>", 16)
 
 
 def test_labels_cover_only_the_transcript_and_im_end(tokenizer):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from core.configlib import Frozen
-from trainer.data.text import DEFAULT_INSTRUCTION
+from trainer.data.text import DEFAULT_INSTRUCTION, LANGUAGE_INSTRUCTIONS, PromptStyle, normalize_language
 
 
 class DataConfig(Frozen):
@@ -43,6 +43,22 @@ class DataConfig(Frozen):
     instruction: str = Field(
         DEFAULT_INSTRUCTION, description="Text of the user turn after the audio in the ASR prompt."
     )
+    language_instructions: dict[str, str] = Field(
+        default_factory=lambda: dict(LANGUAGE_INSTRUCTIONS),
+        description="Instruction per language code (ISO-639-1; ar-en: code-switched Arabic/English), used for "
+        "records whose language_field names one and by the server's `language` field. The Arabic wording is "
+        "the default instruction.",
+    )
+    language_field: str | None = Field(
+        None,
+        description="Text feature naming each record's language (a key of language_instructions); a record "
+        "with it is prompted with that language's instruction. None: every record gets `instruction`.",
+    )
+    context_field: str | None = Field(
+        None,
+        description="Text feature holding a per-record context (a glossary, names, the previous window's text), "
+        "put into the prompt as a system turn, as the server does with a request's `prompt`. None: no context.",
+    )
     num_threads: int = Field(
         2,
         ge=0,
@@ -72,6 +88,17 @@ class DataConfig(Frozen):
         if weights and sum(weights.values()) <= 0:
             raise ValueError("at least one source weight must be positive")
         return weights
+
+    @field_validator("language_instructions")
+    @classmethod
+    def _check_languages(cls, table: dict[str, str]) -> dict[str, str]:
+        if any(not text.strip() for text in table.values()):
+            raise ValueError("every language's instruction must be non-empty")
+        return {normalize_language(code): text for code, text in table.items()}
+
+    def prompt_style(self) -> PromptStyle:
+        """The run's prompt wording (`trainer.data.text.PromptStyle`)."""
+        return PromptStyle(self.instruction, dict(self.language_instructions))
 
     @model_validator(mode="after")
     def _check_durations(self) -> DataConfig:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -614,6 +614,7 @@ class SpeechRecord:
     text: str
     dataset_name: str
     sample_id: str
+    extra: dict[str, str] = field(default_factory=dict)  # optional text features asked for, when present
 
 
 @dataclass(frozen=True)
@@ -688,12 +689,16 @@ def peek_speech_meta(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) ->
     return _meta(_decode_or_bad(data), expected_rate)
 
 
-def decode_speech(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> SpeechRecord:
+def decode_speech(
+    data: bytes, *, expected_rate: int | None = SAMPLE_RATE, optional_text: tuple[str, ...] = ()
+) -> SpeechRecord:
     """Decodes and validates a seed-schema speech record.
 
     Args:
         data: a serialized Example.
         expected_rate: the sample rate every record must have (None accepts any positive rate).
+        optional_text: names of extra text features to read into ``extra`` where a record has them (e.g.
+            the per-record prompt context of ``data.context_field``); absent or empty ones are left out.
 
     Returns:
         The record, with ``audio`` a zero-copy float32 view over ``data`` when it was written packed.
@@ -716,6 +721,10 @@ def decode_speech(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> Sp
     if not np.isfinite(audio).all():
         bad = int(np.count_nonzero(~np.isfinite(audio)))
         raise BadRecord("non_finite_audio", f"{bad} of {audio.size} samples are NaN or Inf")
+    extra = {}
+    for name in optional_text:
+        if len(features.get(name) or ()):
+            extra[name] = _text(features, name)
     return SpeechRecord(
         audio=audio,
         audio_len=meta.audio_len,
@@ -724,4 +733,5 @@ def decode_speech(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) -> Sp
         text=text,
         dataset_name=meta.dataset_name,
         sample_id=meta.sample_id,
+        extra=extra,
     )

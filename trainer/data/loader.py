@@ -14,7 +14,8 @@ with the tokenizer's chat template (`trainer.data.text`), and pads everything to
 
 A record that cannot be used does not stop training: its row becomes a padding row (no tokens, no loss) and
 ``batch["meta"]["status"]`` says why (``bad_record:<reason>``, ``text_too_long``, ``audio_too_long``,
-``special_token_in_text``);
+``special_token_in_text``, ``bad_prompt``: a language the config has no instruction for, or a context holding
+special tokens);
 `BatchIterator.skipped` keeps running totals per reason for the ``sawt_train_bad_records_total`` metric.
 """
 
@@ -32,7 +33,16 @@ from trainer.data import batching
 from trainer.data.audio import HOP, NUM_MEL_BINS, encoder_token_count, log_mel
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
-from trainer.data.text import PAD_ID, Tokenizer, load_tokenizer, prompt_length, training_row
+from trainer.data.text import (
+    PAD_ID,
+    PromptError,
+    PromptStyle,
+    Tokenizer,
+    clip_context,
+    load_tokenizer,
+    prompt_length,
+    training_row,
+)
 
 SHARD_GLOB = "*.array_record"
 STATUS_OK = "ok"
@@ -152,18 +162,29 @@ class Featuriser:
         source: Any,
         tokenizer: Tokenizer,
         buckets: Sequence[tuple[int, int]],
-        instruction: str,
+        style: PromptStyle,
         n_window: int = 50,
+        *,
+        language_field: str | None = None,
+        context_field: str | None = None,
+        max_context_tokens: int = 224,
     ):
         self.source = source
         self.tok = tokenizer
         self.buckets = [tuple(b) for b in buckets]
-        self.instruction = instruction
+        self.style = style
+        self.instruction = style.instruction
         self.n_window = n_window
+        self.language_field = language_field
+        self.context_field = context_field
+        self.max_context_tokens = max_context_tokens
+        self._optional = tuple(f for f in (language_field, context_field) if f)
         self._audio_ids = {tokenizer.audio_pad_id, tokenizer.audio_start_id, tokenizer.audio_end_id}
         # Render the prompt once here, not concurrently in the worker threads.
+        for text in sorted({style.instruction, *style.languages.values()}):
+            prompt_length(tokenizer, 0, text)
         for frames, tokens in self.buckets:
-            need = prompt_length(tokenizer, encoder_token_count(frames, n_window), instruction) + 2
+            need = prompt_length(tokenizer, encoder_token_count(frames, n_window), style.instruction) + 2
             if need > tokens:
                 raise DataError(
                     f"bucket ({frames}, {tokens}): the prompt alone takes {need - 2} tokens for {frames} frames, "
@@ -182,7 +203,7 @@ class Featuriser:
         records = {}
         for (b, _), payload in zip(wanted, payloads, strict=True):
             try:
-                records[b] = decode_speech(payload)
+                records[b] = decode_speech(payload, optional_text=self._optional)
             except BadRecord as err:
                 meta["status"][b] = f"bad_record:{err.reason}"
         order = sorted(records)
@@ -203,7 +224,12 @@ class Featuriser:
                 meta["status"][b] = "special_token_in_text"
                 continue
             n_tokens = encoder_token_count(frames, self.n_window)
-            row = training_row(self.tok, n_tokens, transcript, self.instruction)
+            try:
+                instruction, context = self._prompt_of(rec)
+            except PromptError:
+                meta["status"][b] = "bad_prompt"
+                continue
+            row = training_row(self.tok, n_tokens, transcript, instruction, context)
             n = row.input_ids.size
             if n > tokens_cap:
                 meta["status"][b] = "text_too_long"
@@ -219,6 +245,12 @@ class Featuriser:
             batch["positions"][b, :n] = np.arange(n, dtype=np.int32)
             meta["status"][b] = STATUS_OK
         return batch
+
+    def _prompt_of(self, rec: Any) -> tuple[str, str | None]:
+        """The record's instruction (by its language, if the data names one) and context."""
+        language = rec.extra.get(self.language_field) if self.language_field else None
+        context = rec.extra.get(self.context_field) if self.context_field else None
+        return self.style.instruction_for(language), clip_context(self.tok, context, self.max_context_tokens)
 
     def _read(self, indices: list[int]) -> list[bytes]:
         if not indices:
@@ -362,7 +394,15 @@ def make_loader(
     source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
     if len(source) != len(index):
         raise DataError(f"{Path(config.dir) / split}: index.npz has {len(index)} rows, shards {len(source)}")
-    featurise = Featuriser(source, tok, config.buckets, config.instruction, n_window)
+    featurise = Featuriser(
+        source,
+        tok,
+        config.buckets,
+        config.prompt_style(),
+        n_window,
+        language_field=config.language_field,
+        context_field=config.context_field,
+    )
     read_options = grain.ReadOptions(
         num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_batches
     )

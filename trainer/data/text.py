@@ -6,9 +6,11 @@ release), and the processor's ``chat_template.json`` / ``chat_template.jinja``, 
 template as in HF's processor. The demo corpus writes one with the same special tokens as Qwen3-Omni at small ids. Special ids are
 always read from the tokenizer, never hard-coded, so the same code serves the demo and the 30B checkpoint.
 
-The ASR prompt is rendered with the tokenizer's own chat template (one user turn holding [audio, instruction],
-then the generation prompt) and tokenised once per instruction; the single ``<|audio_pad|>`` the template emits
-is then expanded to the clip's encoder token count, as the HF processor does.
+The ASR prompt is rendered with the tokenizer's own chat template (an optional system turn holding a context,
+one user turn holding [audio, instruction], then the generation prompt) and tokenised once per instruction; the
+single ``<|audio_pad|>`` the template emits is then expanded to the clip's encoder token count, as the HF
+processor does. `PromptStyle` words the instruction (per request language); it is the one place every entry point
+(training rows, evaluation, the server, batch-infer, transcribe) builds prompts from.
 """
 
 from __future__ import annotations
@@ -172,18 +174,102 @@ def processor_chat_template(path: Path) -> str | None:
     return None
 
 
-def asr_messages(instruction: str) -> list[dict]:
-    """The chat messages of an ASR request: one user turn holding the audio, then the instruction."""
-    return [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
+# The instruction's wording for each request language (ISO-639-1 codes; ``ar-en`` is code-switched Arabic and
+# English). The Arabic wording is the default instruction, the one the demo and the presets train with.
+LANGUAGE_INSTRUCTIONS: dict[str, str] = {
+    "ar": DEFAULT_INSTRUCTION,
+    "en": "Transcribe the English audio.",
+    "ar-en": "Transcribe the audio, which mixes Arabic and English.",
+}
 
 
-def _prompt_parts(tok: Tokenizer, instruction: str) -> tuple[list[int], list[int]]:
-    """The prompt's ids before and after its single ``<|audio_pad|>``, rendered by the chat template."""
-    cached = tok._prompt_cache.get(instruction)
+class PromptError(ValueError):
+    """A language or context cannot go into the prompt; the message says why, ``param`` which one it was
+    (``language`` or ``prompt``, the OpenAI request field)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def normalize_language(code: str) -> str:
+    """``AR``, ``ar_EN`` -> ``ar``, ``ar-en``: lower case, hyphenated."""
+    return code.strip().lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a run words its ASR prompt; training, evaluation, serving, batch-infer and transcribe share it.
+
+    Attributes:
+        instruction: the user turn's text after the audio when no language is asked for (``data.instruction``).
+        languages: language code -> instruction (``data.language_instructions``).
+    """
+
+    instruction: str = DEFAULT_INSTRUCTION
+    languages: dict[str, str] = field(default_factory=lambda: dict(LANGUAGE_INSTRUCTIONS))
+
+    def instruction_for(self, language: str | None) -> str:
+        """The instruction for ``language`` (None: the default one).
+
+        Raises:
+            PromptError: ``language`` is not one of `languages`; the message names the supported ones.
+        """
+        if language is None:
+            return self.instruction
+        code = normalize_language(language)
+        if code not in self.languages:
+            raise PromptError(
+                f"unsupported language {language!r}; supported: {', '.join(sorted(self.languages))}",
+                "language",
+            )
+        return self.languages[code]
+
+
+def asr_messages(instruction: str, context: str | None = None) -> list[dict]:
+    """The chat messages of an ASR request: an optional system turn holding the context (a glossary, names,
+    the previous window's text, as Qwen3-ASR takes it), then one user turn holding the audio and the
+    instruction."""
+    user = {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}
+    return [{"role": "system", "content": context}, user] if context else [user]
+
+
+def clip_context(tok: Tokenizer, context: str | None, max_tokens: int) -> str | None:
+    """``context`` cut to its last ``max_tokens`` tokens (the end of a previous window's text is what
+    matters, as Whisper keeps the final 224 tokens of a prompt); None or empty stays None.
+
+    Raises:
+        PromptError: the context holds a special token's text (``<|im_end|>``...), which would change the
+            prompt's structure instead of being read as text, or ``max_tokens`` is 0 (prompts disabled).
+    """
+    if not context:
+        return None
+    parsed = tok.hf(context, add_special_tokens=False)["input_ids"]
+    specials = set(tok.hf.added_tokens_decoder)
+    if specials.intersection(parsed):
+        names = sorted({tok.hf.convert_ids_to_tokens(int(t)) for t in parsed if t in specials})
+        raise PromptError(f"the prompt contains special tokens {', '.join(names)}", "prompt")
+    if max_tokens <= 0:
+        raise PromptError("this model takes no prompt (its prompt budget is 0 tokens)", "prompt")
+    ids = tok.encode(context)
+    if len(ids) <= max_tokens:
+        return context
+    return tok.decode(ids[-max_tokens:]).lstrip("\ufffd").strip() or None
+
+
+def _prompt_parts(
+    tok: Tokenizer, instruction: str, context: str | None = None
+) -> tuple[list[int], list[int]]:
+    """The prompt's ids before and after its single ``<|audio_pad|>``, rendered by the chat template.
+
+    Cached per instruction; prompts with a context (one per request) are rendered each time.
+    """
+    key = (instruction, context)
+    cached = tok._prompt_cache.get(key)
     if cached is not None:
         return cached
     rendered = tok.hf.apply_chat_template(
-        asr_messages(instruction), add_generation_prompt=True, tokenize=False
+        asr_messages(instruction, context), add_generation_prompt=True, tokenize=False
     )
     ids = tok.hf(rendered, add_special_tokens=False)["input_ids"]
     pads = [i for i, t in enumerate(ids) if t == tok.audio_pad_id]
@@ -193,29 +279,35 @@ def _prompt_parts(tok: Tokenizer, instruction: str) -> tuple[list[int], list[int
             f"expected 1: {rendered!r}"
         )
     parts = (ids[: pads[0]], ids[pads[0] + 1 :])
-    tok._prompt_cache[instruction] = parts
+    if context is None:
+        tok._prompt_cache[key] = parts
     return parts
 
 
-def asr_prompt_ids(tok: Tokenizer, n_audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
+def asr_prompt_ids(
+    tok: Tokenizer, n_audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION, context: str | None = None
+) -> list[int]:
     """Token ids of the ASR prompt with ``n_audio_tokens`` audio placeholders.
 
     With a ChatML template this is ``<|im_start|>user\\n<|audio_start|>`` + n x ``<|audio_pad|>`` +
-    ``<|audio_end|>{instruction}<|im_end|>\\n<|im_start|>assistant\\n``.
+    ``<|audio_end|>{instruction}<|im_end|>\\n<|im_start|>assistant\\n``, preceded by
+    ``<|im_start|>system\\n{context}<|im_end|>\\n`` when there is a context.
     """
-    before, after = _prompt_parts(tok, instruction)
+    before, after = _prompt_parts(tok, instruction, context)
     return [*before, *([tok.audio_pad_id] * int(n_audio_tokens)), *after]
 
 
-def prompt_length(tok: Tokenizer, n_audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> int:
+def prompt_length(
+    tok: Tokenizer, n_audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION, context: str | None = None
+) -> int:
     """Length of `asr_prompt_ids` without building it."""
-    before, after = _prompt_parts(tok, instruction)
+    before, after = _prompt_parts(tok, instruction, context)
     return len(before) + int(n_audio_tokens) + len(after)
 
 
-def audio_offset(tok: Tokenizer, instruction: str = DEFAULT_INSTRUCTION) -> int:
-    """Index of the first ``<|audio_pad|>`` in the prompt (the same for every clip)."""
-    return len(_prompt_parts(tok, instruction)[0])
+def audio_offset(tok: Tokenizer, instruction: str = DEFAULT_INSTRUCTION, context: str | None = None) -> int:
+    """Index of the first ``<|audio_pad|>`` in the prompt (the same for every clip of one prompt)."""
+    return len(_prompt_parts(tok, instruction, context)[0])
 
 
 @dataclass(frozen=True)
@@ -229,14 +321,18 @@ class TrainingRow:
 
 
 def training_row(
-    tok: Tokenizer, n_audio_tokens: int, transcript_ids: list[int], instruction: str = DEFAULT_INSTRUCTION
+    tok: Tokenizer,
+    n_audio_tokens: int,
+    transcript_ids: list[int],
+    instruction: str = DEFAULT_INSTRUCTION,
+    context: str | None = None,
 ) -> TrainingRow:
     """Prompt + ``{transcript}<|im_end|>``, its next-token targets and the loss mask.
 
     ``targets[i] = input_ids[i + 1]`` (the last position predicts nothing: pad id, mask 0). The loss mask is 1
     exactly where the target is a transcript token or the final ``<|im_end|>``.
     """
-    prompt = asr_prompt_ids(tok, n_audio_tokens, instruction)
+    prompt = asr_prompt_ids(tok, n_audio_tokens, instruction, context)
     ids = np.asarray([*prompt, *transcript_ids, tok.im_end_id], dtype=np.int32)
     targets = np.empty_like(ids)
     targets[:-1] = ids[1:]
@@ -244,7 +340,7 @@ def training_row(
     loss_mask = np.zeros(ids.size, np.float32)
     # Position i predicts ids[i + 1]; the answer starts at index len(prompt).
     loss_mask[len(prompt) - 1 : ids.size - 1] = 1.0
-    return TrainingRow(ids, targets, loss_mask, audio_offset(tok, instruction))
+    return TrainingRow(ids, targets, loss_mask, audio_offset(tok, instruction, context))
 
 
 @functools.cache
