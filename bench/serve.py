@@ -241,7 +241,7 @@ def engine_profile(checkpoint: Path, max_batch: int, max_new_tokens: int, repeat
     from trainer.model_checkpoint import load_model_checkpoint
 
     config, params = load_model_checkpoint(checkpoint)
-    overhead = len(TextSide.from_tokenizer_dir(str(checkpoint)).prompt_ids(0))
+    overhead = TextSide.from_tokenizer_dir(str(checkpoint)).prompt_overhead()
     runner = JaxRunner(
         config, params, num_slots=max_batch, prompt_overhead=overhead + 8, window_s=AUDIO_SECONDS,
         max_new_tokens=max_new_tokens,

@@ -100,12 +100,39 @@ def _read_records(refs: list[RecordRef]) -> Iterator[tuple[RecordRef, bytes]]:
             r.close()
 
 
+@dataclass(frozen=True)
+class PromptFields:
+    """What conditions each record's prompt, as a request's ``language`` and ``prompt`` do in the server.
+
+    Attributes:
+        language, prompt: for every record (``--language``, ``--prompt``).
+        language_field, context_field: text features that, where a record has them, give its own language
+            and context instead (as ``data.language_field`` / ``data.context_field`` do in training).
+    """
+
+    language: str | None = None
+    prompt: str | None = None
+    language_field: str | None = None
+    context_field: str | None = None
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.language_field, self.context_field) if f)
+
+    def of(self, rec: Any) -> tuple[str | None, str | None]:
+        language = rec.extra.get(self.language_field, self.language) if self.language_field else self.language
+        prompt = rec.extra.get(self.context_field, self.prompt) if self.context_field else self.prompt
+        return language, prompt
+
+
 async def _transcribe_all(engine: Any, items: Iterator[tuple[RecordRef, bytes]], sink: DurableJsonl,
-                          skip: set[str], concurrency: int, bar: Any) -> dict[str, int]:  # fmt: skip
-    from inference_server.engine import Finished, QueueFull, TranscribeParams
+                          skip: set[str], concurrency: int, bar: Any,
+                          fields: PromptFields | None = None) -> dict[str, int]:  # fmt: skip
+    from inference_server.engine import BadRequest, Finished, QueueFull, TranscribeParams
     from trainer.data.audio_io import resample
     from trainer.data.example import BadRecord, DecodeError, decode_speech
 
+    fields = fields or PromptFields()
     counts = {"done": 0, "skipped": 0, "bad": 0}
     slots = asyncio.Semaphore(concurrency)
     tasks: set[asyncio.Task] = set()
@@ -113,13 +140,18 @@ async def _transcribe_all(engine: Any, items: Iterator[tuple[RecordRef, bytes]],
     async def one(ref: RecordRef, rec: Any) -> None:
         try:
             wave = resample(rec.audio, rec.sample_rate)
-            params = TranscribeParams(audio=wave)
+            language, prompt = fields.of(rec)
+            params = TranscribeParams(audio=wave, language=language, prompt=prompt)
             while True:
                 try:
                     events = engine.transcribe(params)
                     break
                 except QueueFull:
                     await asyncio.sleep(0.05)
+                except BadRequest as err:  # e.g. a record's language without an instruction: not fatal
+                    log.warning("%s record %d: %s", ref.shard.name, ref.index, err)
+                    counts["bad"] += 1
+                    return
             result = None
             async for event in events:
                 if isinstance(event, Finished):
@@ -144,7 +176,7 @@ async def _transcribe_all(engine: Any, items: Iterator[tuple[RecordRef, bytes]],
 
     for ref, payload in items:
         try:
-            rec = decode_speech(payload, expected_rate=None)
+            rec = decode_speech(payload, expected_rate=None, optional_text=fields.features)
         except (BadRecord, DecodeError) as err:
             log.warning("%s record %d: %s", ref.shard.name, ref.index, err)
             counts["bad"] += 1
@@ -176,6 +208,8 @@ def run_process(
     window_s: float,
     overlap_s: float,
     tensor_parallel: int = 1,
+    fields: PromptFields | None = None,
+    cut: str = "silence",
 ) -> dict[str, int]:
     """Transcribes this process's records; writes the ``.done`` marker at the end."""
     from core.progress import progress
@@ -189,7 +223,7 @@ def run_process(
     skip = done_ids(out)
     config = ServerConfig(
         max_batch=max_batch, max_queue=1_000_000, max_new_tokens=max_new_tokens, window_s=window_s,
-        overlap_s=overlap_s, tensor_parallel=tensor_parallel,
+        overlap_s=overlap_s, tensor_parallel=tensor_parallel, cut=cut,
     )  # fmt: skip
     engine = build_engine(checkpoint, config)
     name = f"predictions-{process_index:05d}-of-{num_processes:05d}.jsonl"
@@ -202,7 +236,9 @@ def run_process(
                     total=len(refs), desc=f"batch-infer {process_index}/{num_processes}", unit="clip"
                 )
                 try:
-                    return await _transcribe_all(engine, _read_records(refs), sink, skip, 2 * max_batch, bar)
+                    return await _transcribe_all(
+                        engine, _read_records(refs), sink, skip, 2 * max_batch, bar, fields
+                    )
                 finally:
                     bar.close()
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from core.configlib import Frozen
@@ -20,7 +22,27 @@ class ServerConfig(Frozen):
     request_timeout_s: float = Field(300.0, gt=0, description="Per-request deadline; past it, 504.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 responses.")
     window_s: float = Field(30.0, gt=0, description="Audio per model window; longer audio is windowed.")
-    overlap_s: float = Field(4.0, ge=0, description="Overlap between consecutive audio windows (stitched).")
+    overlap_s: float = Field(
+        4.0, ge=0, description="Audio shared by consecutive windows at a fixed cut (their texts are merged)."
+    )
+    cut: Literal["silence", "fixed"] = Field(
+        "silence",
+        description="Where long audio is cut: silence = in the quietest pause of each window's last search_s "
+        "seconds (no overlap; a fixed cut where there is no pause); fixed = every window_s - overlap_s seconds.",
+    )
+    search_s: float = Field(5.0, ge=0, description="How far back from a window's end a pause is looked for.")
+    max_windows_per_request: int = Field(
+        4,
+        ge=1,
+        description="Most windows of one request decoding at once, so that a long upload leaves slots to "
+        "short requests (a bound above max_batch does not bind).",
+    )
+    max_prompt_tokens: int = Field(
+        224,
+        ge=0,
+        description="Most tokens of a request's `prompt` kept as context (its end, as Whisper keeps 224); "
+        "0 refuses requests with a prompt. Prefill compiles a second prompt width per audio bucket for it.",
+    )
     max_new_tokens: int = Field(448, ge=1, description="Most tokens generated per audio window.")
     tensor_parallel: int = Field(
         1, ge=1, description="Chips of this host the weights are sharded over (tensor axis); 4 on a v4-8."

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from trainer.data.audio_io import SAMPLE_RATE
+from trainer.data.text import PromptError, PromptStyle
 
 
 class QueueFull(Exception):
@@ -24,6 +25,19 @@ class QueueFull(Exception):
 
 class EngineDead(Exception):
     """The engine's worker has failed; no request can be served (HTTP 503, /health 503)."""
+
+
+class BadRequest(Exception):
+    """The request asks for something the engine cannot do, e.g. an unsupported language (HTTP 400).
+
+    Attributes:
+        param: the request field at fault; code: the OpenAI-style error code.
+    """
+
+    def __init__(self, message: str, *, param: str, code: str):
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,8 @@ class RequestStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     token_times: list[float] = field(default_factory=list)
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every window's prompt, audio placeholders included
+    audio_tokens: int = 0  # the audio placeholders among them
     generation_tokens: int = 0
     audio_seconds: float = 0.0
 
@@ -155,7 +170,8 @@ class Engine(Protocol):
     def load(self) -> EngineLoad: ...
 
     def transcribe(self, params: TranscribeParams) -> RequestStream:
-        """Starts a request. Raises `QueueFull` or `EngineDead` at once (before any event) when it cannot.
+        """Starts a request. Raises `QueueFull`, `EngineDead` or `BadRequest` at once (before any event) when it
+        cannot.
 
         The stream yields `TextDelta`s then one `Finished`. The caller must `aclose` it (also when it stops
         early: client gone, timeout), which cancels whatever is unfinished and frees its slots.
@@ -225,6 +241,10 @@ class FakeEngine:
     def transcribe(self, params: TranscribeParams) -> RequestStream:
         if not self._alive:
             raise EngineDead("engine worker is dead")
+        try:  # the same languages as the real engine's default prompt wording
+            PromptStyle().instruction_for(params.language)
+        except PromptError as err:
+            raise BadRequest(str(err), param=err.param, code=f"unsupported_{err.param}") from None
         if self._slots is None:
             raise EngineDead("engine not started")
         if self._waiting >= self.max_queue:
@@ -254,6 +274,7 @@ class FakeEngine:
                 n = max(1, int(np.ceil(params.audio_seconds)))
                 words = self.words if self.words is not None else [f"w{i}" for i in range(n)]
                 stats.prompt_tokens = n
+                stats.audio_tokens = n
                 emitted: list[str] = []
                 finish_reason = "stop"
                 limit = params.max_new_tokens

@@ -22,13 +22,24 @@ def _compression_ratio(text: str) -> float:
 
 
 def usage(result: Finished) -> dict[str, Any]:
+    """Token usage as OpenAI's API reports it for token-billed models (`openai.types.audio.transcription
+    .UsageTokens`): every window's prompt counts as input, split into its audio placeholders and the rest."""
     stats = result.stats
     return {
         "type": "tokens",
         "input_tokens": stats.prompt_tokens,
+        "input_token_details": {
+            "audio_tokens": stats.audio_tokens,
+            "text_tokens": stats.prompt_tokens - stats.audio_tokens,
+        },
         "output_tokens": stats.generation_tokens,
         "total_tokens": stats.prompt_tokens + stats.generation_tokens,
     }
+
+
+def duration_usage(result: Finished) -> dict[str, Any]:
+    """Duration usage as OpenAI reports it for verbose_json (`TranscriptionVerbose.usage`): audio seconds."""
+    return {"type": "duration", "seconds": round(result.stats.audio_seconds, 3)}
 
 
 def as_json(result: Finished) -> dict[str, Any]:
@@ -57,7 +68,7 @@ def as_verbose_json(result: Finished, temperature: float) -> dict[str, Any]:
         "duration": round(result.stats.audio_seconds, 3),
         "text": result.text,
         "segments": segments,
-        "usage": {"type": "duration", "seconds": round(result.stats.audio_seconds, 3)},
+        "usage": duration_usage(result),
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -44,7 +45,8 @@ class JaxRunner:
         model_config: the checkpoint's `ModelConfig`.
         params: the canonical parameter tree (numpy or placed jax arrays).
         num_slots: decode slots (rows of the KV cache).
-        prompt_overhead: most non-audio prompt tokens (chat markup + instruction).
+        prompt_overhead: most non-audio prompt tokens (chat markup + instruction), or several such bounds
+            (e.g. without and with a context): each gives every audio bucket a prompt width of its own.
         window_s: longest audio per request window.
         max_new_tokens: generation budget per window; sets the cache length with the longest prompt.
         max_seq_len: cache length override.
@@ -58,7 +60,7 @@ class JaxRunner:
         params: dict,
         *,
         num_slots: int,
-        prompt_overhead: int = 64,
+        prompt_overhead: int | Sequence[int] = 64,
         window_s: float = 30.0,
         max_new_tokens: int = 448,
         max_seq_len: int | None = None,
@@ -70,12 +72,17 @@ class JaxRunner:
 
         self.config = model_config
         self.num_slots = num_slots
-        self.frame_buckets = audio_buckets(window_s)
+        overheads = sorted({prompt_overhead} if isinstance(prompt_overhead, int) else set(prompt_overhead))
         n_window = model_config.audio.n_window
-        # Prompt length bucket per audio bucket: the longest prompt that bucket's audio can give.
-        self.seq_buckets = [
-            _round_up(int(encoder_token_count(f, n_window)) + prompt_overhead, 16) for f in self.frame_buckets
-        ]
+        # (audio frames, prompt length) buckets, smallest first: per audio bucket, the longest prompt its audio
+        # can give with each overhead.
+        buckets = sorted(
+            (f, _round_up(int(encoder_token_count(f, n_window)) + o, 16))
+            for f in audio_buckets(window_s)
+            for o in overheads
+        )
+        self.frame_buckets = [f for f, _ in buckets]
+        self.seq_buckets = [s for _, s in buckets]
         self.max_seq_len = max_seq_len or _round_up(max(self.seq_buckets) + max_new_tokens + 1, 64)
 
         # Built abstractly, then filled with the checkpoint's arrays: the random init of a 30B model would

@@ -31,7 +31,11 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
 
     model_dir = _resolve(checkpoint)
     tok_dir = model_dir if (model_dir / "tokenizer.json").is_file() else checkpoint
-    text_side = TextSide.from_tokenizer_dir(str(tok_dir))
+    text_side = TextSide.from_tokenizer_dir(str(tok_dir), max_context_tokens=config.max_prompt_tokens)
+    # Prefill widths: prompts without a context, and (when prompts are on) with the longest one kept.
+    overheads = [text_side.prompt_overhead() + 8]
+    if config.max_prompt_tokens:
+        overheads.append(text_side.prompt_overhead(config.max_prompt_tokens) + 8)
 
     def make_runner():
         from inference_server.jax_runner import JaxRunner
@@ -41,7 +45,7 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
             model_config,
             params,
             num_slots=config.max_batch,
-            prompt_overhead=len(text_side.prompt_ids(0)) + 8,
+            prompt_overhead=overheads,
             max_seq_len=max_seq_len,
             window_s=config.window_s,
             max_new_tokens=config.max_new_tokens,
@@ -55,6 +59,9 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
         max_queue=config.max_queue,
         window_s=config.window_s,
         overlap_s=config.overlap_s,
+        cut=config.cut,
+        search_s=config.search_s,
+        max_windows_per_request=config.max_windows_per_request,
         default_max_new_tokens=config.max_new_tokens,
     )
 

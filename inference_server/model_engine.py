@@ -1,14 +1,20 @@
 """The real `Engine`: audio → windows → prompts → scheduler (continuous batching) → text.
 
-Each request's audio is cut into model windows (`longform.split_windows`); every window becomes one
-`scheduler.Sequence` (its own ASR prompt with the window's log-mel), and all windows of a request are
-submitted together, so a long file decodes its windows side by side in the batch. Results are stitched
-(`longform.stitch`) word by word.
+Each request's audio is cut into model windows (`trainer.data.silence.plan_windows`: in a pause near each
+window's end, else at a fixed length with overlap); every window becomes one `scheduler.Sequence` (its own
+ASR prompt with the window's log-mel), and all windows of a request are submitted together, so a long file
+decodes its windows side by side in the batch, at most ``max_windows_per_request`` at a time so that short
+requests are not starved. Results are stitched word by word (`longform.join_next`: a window that starts in a
+pause just follows; one that overlaps is merged).
+
+The request's ``language`` picks the instruction's wording and its ``prompt`` becomes the prompt's context
+(`trainer.data.text.PromptStyle`, `clip_context`: the one place prompts are built, as in training).
 
 Streaming: a one-window request streams token by token. A multi-window request streams each window's words
-once they can no longer change: the merge of the next window may rewrite at most the last ``max_overlap``
-words of what came before, so only words before that are sent early, and the rest at the end. The text of
-the deltas therefore always adds up to the final text.
+once they can no longer change: the merge of an overlapping next window may rewrite at most the last
+``max_overlap`` words of what came before, so only words before that are sent early, and the rest once that
+window is merged; before a window that starts in a pause, everything is final. The text of the deltas
+therefore always adds up to the final text.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from inference_server.engine import (
+    BadRequest,
     EngineDead,
     EngineLoad,
     Event,
@@ -33,14 +40,18 @@ from inference_server.engine import (
     TextDelta,
     TranscribeParams,
 )
-from inference_server.longform import merge_pair_at, window_bounds
+from inference_server.longform import join_next
 from inference_server.scheduler import ModelRunner, Sampling, Scheduler, SchedulerDead, Sequence
 from inference_server.scheduler import QueueFull as SchedulerQueueFull
 from trainer.data.audio import SAMPLE_RATE, encoder_token_count, log_mel
+from trainer.data.silence import DEFAULT_SEARCH_S, CutMode, Window, plan_windows, segment_spans
+from trainer.data.text import PromptError, PromptStyle
 
 # Words of a window's head/tail searched for the overlap when stitching; an overlap of a few seconds of
 # speech holds far fewer words, and the bound keeps earlier text stable for streaming.
 MAX_OVERLAP_WORDS = 24
+# Most tokens of a request's `prompt` kept as context (its end), as Whisper keeps the last 224.
+DEFAULT_MAX_CONTEXT_TOKENS = 224
 
 
 @dataclass(frozen=True)
@@ -55,22 +66,44 @@ class AsrPrompt:
 
 
 class TextSide:
-    """The tokenizer as the engine needs it: ASR prompt ids, decoding, stop ids."""
+    """The tokenizer as the engine needs it: ASR prompt ids, decoding, stop ids, the run's prompt wording.
+
+    Args:
+        prompt_ids: (audio tokens, instruction, context or None) -> prompt ids.
+        decode: ids -> text.
+        stop_ids: ids that end a window's hypothesis.
+        audio_pad_id: the audio placeholder id.
+        style: the instruction's wording, per language.
+        clip_context: a request's prompt -> the context put into the prompt (None: none), raising
+            `PromptError` for one that cannot go in; the default keeps it as it is.
+    """
 
     def __init__(
         self,
-        prompt_ids: Callable[[int], list[int]],
+        prompt_ids: Callable[[int, str, str | None], list[int]],
         decode: Callable[[list[int]], str],
         stop_ids: frozenset[int],
         audio_pad_id: int,
+        *,
+        style: PromptStyle | None = None,
+        clip_context: Callable[[str | None], str | None] | None = None,
     ):
         self.prompt_ids = prompt_ids
         self.decode = decode
         self.stop_ids = stop_ids
         self.audio_pad_id = audio_pad_id
+        self.style = style or PromptStyle()
+        self.clip_context = clip_context or (lambda text: text or None)
 
     @classmethod
-    def from_tokenizer_dir(cls, path: str, eos_ids: tuple[int, ...] = ()) -> TextSide:
+    def from_tokenizer_dir(
+        cls,
+        path: str,
+        eos_ids: tuple[int, ...] = (),
+        *,
+        style: PromptStyle | None = None,
+        max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    ) -> TextSide:
         """Builds it from an HF tokenizer directory through `trainer.data.text` (one place for prompts).
 
         Generation stops at ``<|im_end|>``, ``<|endoftext|>`` (ids read from the tokenizer) and ``eos_ids``.
@@ -79,18 +112,46 @@ class TextSide:
 
         tok = text.load_tokenizer(path)
         return cls(
-            prompt_ids=lambda n: list(text.asr_prompt_ids(tok, n)),
+            prompt_ids=lambda n, instruction, context: list(
+                text.asr_prompt_ids(tok, n, instruction, context)
+            ),
             decode=lambda ids: tok.decode(ids),
             stop_ids=frozenset({tok.im_end_id, tok.endoftext_id, *eos_ids}),
             audio_pad_id=int(tok.audio_pad_id),
+            style=style,
+            clip_context=lambda context: text.clip_context(tok, context, max_context_tokens),
         )
 
+    def request_prompt(self, language: str | None, prompt: str | None) -> tuple[str, str | None]:
+        """(instruction, context) of a request. Raises `PromptError` for an unsupported language or prompt."""
+        return self.style.instruction_for(language), self.clip_context(prompt)
 
-def make_prompt(wave: np.ndarray, text_side: TextSide, n_window: int = 50) -> AsrPrompt:
+    def prompt_overhead(self, context_tokens: int = 0) -> int:
+        """Most prompt tokens besides the audio, over every instruction, with a context of that many tokens."""
+        longest = 0
+        for instruction in {self.style.instruction, *self.style.languages.values()}:
+            plain = len(self.prompt_ids(0, instruction, None))
+            if context_tokens:
+                # A one-character context shows the system turn's scaffolding; the tokens of a real one
+                # may merge differently at its edges, hence a small margin.
+                plain = len(self.prompt_ids(0, instruction, "x")) - 1 + context_tokens + 4
+            longest = max(longest, plain)
+        return longest
+
+
+def make_prompt(
+    wave: np.ndarray,
+    text_side: TextSide,
+    n_window: int = 50,
+    instruction: str | None = None,
+    context: str | None = None,
+) -> AsrPrompt:
     mel = log_mel(wave)
     frames = mel.shape[1]
     n_audio = int(encoder_token_count(frames, n_window))
-    ids = np.asarray(text_side.prompt_ids(n_audio), np.int32)
+    ids = np.asarray(
+        text_side.prompt_ids(n_audio, instruction or text_side.style.instruction, context), np.int32
+    )
     offset = int(np.argmax(ids == text_side.audio_pad_id))
     return AsrPrompt(ids, mel.astype(np.float32), frames, n_audio, offset)
 
@@ -100,10 +161,13 @@ class ModelEngine:
 
     Args:
         runner_factory: builds (loads, compiles, warms) the runner; called in a worker thread by `start`.
-        text_side: tokenizer functions.
+        text_side: tokenizer functions and the prompt's wording.
         model_name: what /v1/models reports.
         max_queue: sequences (audio windows) allowed to wait.
-        window_s, overlap_s: long-audio windowing.
+        window_s, overlap_s: long-audio windowing (the longest window; the overlap at a fixed cut).
+        cut: ``silence`` (cut in pauses, fixed cuts where there are none) or ``fixed``.
+        search_s: how far back from a window's longest end a pause is looked for.
+        max_windows_per_request: most windows of one request decoding at once (None: no limit).
         n_window: the audio encoder's half chunk (for the audio token count).
     """
 
@@ -116,6 +180,9 @@ class ModelEngine:
         max_queue: int = 64,
         window_s: float = 30.0,
         overlap_s: float = 4.0,
+        cut: CutMode = "silence",
+        search_s: float = DEFAULT_SEARCH_S,
+        max_windows_per_request: int | None = None,
         n_window: int = 50,
         default_max_new_tokens: int = 448,
     ):
@@ -125,6 +192,9 @@ class ModelEngine:
         self.max_queue = max_queue
         self.window_s = window_s
         self.overlap_s = overlap_s
+        self.cut = cut
+        self.search_s = search_s
+        self.max_windows_per_request = max_windows_per_request
         self.n_window = n_window
         self.default_max_new_tokens = default_max_new_tokens
         self.scheduler: Scheduler | None = None
@@ -138,7 +208,9 @@ class ModelEngine:
         except BaseException as err:
             self._start_error = err
             raise
-        self.scheduler = Scheduler(runner, max_queue=self.max_queue)
+        self.scheduler = Scheduler(
+            runner, max_queue=self.max_queue, max_running_per_group=self.max_windows_per_request
+        )
         self.scheduler.start()
 
     async def stop(self) -> None:
@@ -166,9 +238,15 @@ class ModelEngine:
     def transcribe(self, params: TranscribeParams) -> RequestStream:
         if self.scheduler is None or not self.alive:
             raise EngineDead("engine is not running")
+        try:
+            instruction, context = self.text_side.request_prompt(params.language, params.prompt)
+        except PromptError as err:
+            raise BadRequest(str(err), param=err.param, code=f"unsupported_{err.param}") from None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        bounds = window_bounds(len(params.audio), self.window_s, self.overlap_s)
+        windows = plan_windows(
+            params.audio, self.window_s, self.overlap_s, cut=self.cut, search_s=self.search_s
+        )
         sampling = Sampling(
             temperature=params.temperature,
             top_p=params.top_p,
@@ -176,9 +254,13 @@ class ModelEngine:
             stop_ids=self.text_side.stop_ids,
         )
         stats = RequestStats(arrival=time.monotonic(), audio_seconds=params.audio_seconds)
+        group = object()  # the request: the scheduler bounds how many of its windows run at once
         seqs = []
-        for w, (s, e) in enumerate(bounds):
-            prompt = make_prompt(params.audio[s:e], self.text_side, self.n_window)
+        for w, window in enumerate(windows):
+            prompt = make_prompt(
+                params.audio[window.start : window.end], self.text_side, self.n_window, instruction, context
+            )
+            stats.audio_tokens += prompt.audio_tokens
 
             def on_token(tok: int, t: float, w: int = w) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, ("token", w, tok, t))
@@ -186,7 +268,7 @@ class ModelEngine:
             def on_finish(reason: str, seq_stats: Any, w: int = w) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, ("finish", w, reason, seq_stats))
 
-            seqs.append(Sequence(prompt, len(prompt.input_ids), sampling, on_token, on_finish))
+            seqs.append(Sequence(prompt, len(prompt.input_ids), sampling, on_token, on_finish, group=group))
         try:
             self.scheduler.submit(seqs)
         except SchedulerDead as err:
@@ -200,12 +282,12 @@ class ModelEngine:
             for seq in seqs:
                 scheduler.cancel(seq)
 
-        return RequestStream(self._events(params, bounds, seqs, queue, stats), cancel_all)
+        return RequestStream(self._events(params, windows, seqs, queue, stats), cancel_all)
 
     async def _events(
         self,
         params: TranscribeParams,
-        bounds: list[tuple[int, int]],
+        windows: list[Window],
         seqs: list[Sequence],
         queue: asyncio.Queue[tuple[Any, ...]],
         stats: RequestStats,
@@ -251,11 +333,16 @@ class ModelEngine:
                     raise EngineDead(f"engine failed: {seq_stats.error}")
                 while next_window < n and reasons[next_window] is not None:
                     words = self.text_side.decode(ids[next_window]).split()
-                    merged, cut = merge_pair_at(merged, words, MAX_OVERLAP_WORDS)
+                    overlapped = windows[next_window].overlap > 0
+                    merged, cut = join_next(merged, words, overlapped, MAX_OVERLAP_WORDS)
                     cuts.append(cut)
                     next_window += 1
                 if n > 1:
-                    stable = len(merged) if next_window == n else max(0, len(merged) - MAX_OVERLAP_WORDS)
+                    # Words the next window's merge could still rewrite wait (none before a pause cut).
+                    if next_window == n or windows[next_window].overlap == 0:
+                        stable = len(merged)
+                    else:
+                        stable = max(0, len(merged) - MAX_OVERLAP_WORDS)
                     if stable > emitted_words:
                         chunk = " ".join(merged[emitted_words:stable])
                         yield TextDelta(chunk if emitted_words == 0 else " " + chunk)
@@ -267,7 +354,7 @@ class ModelEngine:
                     yield TextDelta(text[len(emitted_text) :])
             else:
                 text = " ".join(merged)
-            segments = _segments(bounds, merged if n > 1 else text.split(), cuts, ids, n)
+            segments = _segments(windows, merged if n > 1 else text.split(), cuts, ids)
             reason = "length" if "length" in reasons else ("abort" if "abort" in reasons else "stop")
             yield Finished(text, reason, segments, stats, params.language)
         finally:
@@ -277,17 +364,17 @@ class ModelEngine:
 
 
 def _segments(
-    bounds: list[tuple[int, int]], words: list[str], cuts: list[int], ids: list[list[int]], n: int
+    windows: list[Window], words: list[str], cuts: list[int], ids: list[list[int]]
 ) -> tuple[Segment, ...]:
-    """One segment per window; consecutive segments meet in the middle of the windows' overlap."""
+    """One segment per window, timed in the source audio (`silence.segment_spans`: spans meet at a pause
+    cut, or in the middle of an overlap), holding the words the stitch kept from that window."""
+    spans = segment_spans(windows, SAMPLE_RATE)
+    n = len(windows)
     if n == 1:
-        s, e = bounds[0]
-        return (Segment(s / SAMPLE_RATE, e / SAMPLE_RATE, " ".join(words), tuple(ids[0])),)
+        return (Segment(spans[0][0], spans[0][1], " ".join(words), tuple(ids[0])),)
     out = []
-    for w in range(n):
-        start = bounds[w][0] if w == 0 else (bounds[w][0] + bounds[w - 1][1]) // 2
-        end = bounds[w][1] if w == n - 1 else (bounds[w][1] + bounds[w + 1][0]) // 2
+    for w, (start, end) in enumerate(spans):
         lo = min(cuts[w], len(words))
         hi = len(words) if w == n - 1 else min(max(cuts[w + 1], lo), len(words))
-        out.append(Segment(start / SAMPLE_RATE, end / SAMPLE_RATE, " ".join(words[lo:hi]), tuple(ids[w])))
+        out.append(Segment(start, end, " ".join(words[lo:hi]), tuple(ids[w])))
     return tuple(out)

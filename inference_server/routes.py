@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from inference_server import formats
 from inference_server.config import ServerConfig
 from inference_server.engine import (
+    BadRequest,
     Engine,
     EngineDead,
     Event,
@@ -177,6 +178,8 @@ async def _transcribe(request: Request, config: ServerConfig, engine: Engine) ->
     )
     try:
         events = engine.transcribe(params)
+    except BadRequest as err:
+        raise ApiError(400, str(err), param=err.param, code=err.code) from None
     except QueueFull:
         raise _queue_full(config) from None
     except EngineDead:

@@ -6,6 +6,11 @@ occupied slot. A sequence that finishes (stop token, token budget, cache full, o
 at once, and the next waiting sequence joins at the following iteration: the batch never waits for its
 slowest member.
 
+Fairness: sequences of one request (the windows of one long upload) share a ``group``, and at most
+``max_running_per_group`` of a group hold slots at once (as sglang-omni bounds a request's chunks in
+flight). Admission takes the first waiting sequence whose group is under that bound, so a short request that
+arrives behind a ten-minute upload gets the next free slot instead of waiting for every one of its windows.
+
 The model sits behind `ModelRunner`, so the scheduling logic is tested without JAX, and the same scheduler
 drives the JAX runner on CPU or TPU.
 """
@@ -78,6 +83,7 @@ class Sequence:
     on_token: Callable[[int, float], None]
     on_finish: Callable[[str, SeqStats], None]
     stats: SeqStats = field(default_factory=lambda: SeqStats(arrival=time.monotonic()))
+    group: Any = None  # sequences of one request (None: a group of its own)
     cancelled: bool = False
     generated: int = 0
     last_token: int = 0
@@ -112,11 +118,20 @@ def sample_token(logits_v: np.ndarray, sampling: Sampling, rng: np.random.Genera
 
 
 class Scheduler:
-    """Owns the runner and its worker thread; `submit` is safe from any thread."""
+    """Owns the runner and its worker thread; `submit` is safe from any thread.
 
-    def __init__(self, runner: ModelRunner, *, max_queue: int = 64):
+    Args:
+        runner: the model.
+        max_queue: sequences allowed to wait (`submit` raises `QueueFull` past it).
+        max_running_per_group: most sequences of one group in slots at once (None: no bound).
+    """
+
+    def __init__(self, runner: ModelRunner, *, max_queue: int = 64, max_running_per_group: int | None = None):
+        if max_running_per_group is not None and max_running_per_group < 1:
+            raise ValueError(f"max_running_per_group must be at least 1, got {max_running_per_group}")
         self.runner = runner
         self.max_queue = max_queue
+        self.max_running_per_group = max_running_per_group
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._slots: list[Sequence | None] = [None] * runner.num_slots
         self._cond = threading.Condition()
@@ -141,7 +156,10 @@ class Scheduler:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        """No error and not stopped; once started, its worker thread is running."""
+        if self.error is not None or self._stop:
+            return False
+        return self._thread is None or self._thread.is_alive()
 
     def submit(self, seqs: list[Sequence]) -> None:
         """Queues sequences together (all or none). Raises `QueueFull` or `SchedulerDead`."""
@@ -187,13 +205,18 @@ class Scheduler:
                         self._cond.wait()
                     if self._stop:
                         break
-                self._admit()
-                self._decode_step()
+                self.step()
         except BaseException as err:  # the engine reports it; the loop must not hang requests
             log.exception("scheduler worker failed")
             self.error = err
         finally:
             self._fail_all("abort")
+
+    def step(self) -> None:
+        """One iteration: admit waiting sequences into free slots, then one decode step for all occupied
+        slots. The worker thread loops over it; tests call it directly, so that time is counted in steps."""
+        self._admit()
+        self._decode_step()
 
     def _admit(self) -> None:
         while True:
@@ -201,7 +224,9 @@ class Scheduler:
                 free = [i for i, s in enumerate(self._slots) if s is None]
                 if not free or not self._waiting:
                     return
-                seq = self._waiting.popleft()
+                seq = self._next_admissible()
+                if seq is None:
+                    return
                 if seq.cancelled:
                     seq.on_finish("abort", seq.stats)
                     continue
@@ -213,6 +238,21 @@ class Scheduler:
             now = time.monotonic()
             seq.stats.prefill_seconds += now - t0
             self._accept(slot, seq, sample_token(logits_v, seq.sampling, seq.rng), now, seq.prompt_len)
+
+    def _next_admissible(self) -> Sequence | None:
+        """Removes and returns the first waiting sequence whose group may take another slot (cancelled ones
+        always may: they only leave); None if every waiting group is at its bound. Holds the lock."""
+        bound = self.max_running_per_group
+        if bound is None:
+            return self._waiting.popleft()
+        running = collections.Counter(
+            id(s.group) for s in self._slots if s is not None and s.group is not None
+        )
+        for i, seq in enumerate(self._waiting):
+            if seq.cancelled or seq.group is None or running[id(seq.group)] < bound:
+                del self._waiting[i]
+                return seq
+        return None
 
     def _decode_step(self) -> None:
         active = [(i, s) for i, s in enumerate(self._slots) if s is not None]

@@ -55,6 +55,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--overlap-s", type=float, default=4.0, help="overlap of long-audio windows (default: 4)"
     )
     parser.add_argument(
+        "--cut",
+        choices=("silence", "fixed"),
+        default="silence",
+        help="where long audio is cut: in the quietest pause of each window's last --search-s seconds, with a "
+        "fixed cut where there is none (silence), or every --window-s minus --overlap-s seconds (fixed) "
+        "(default: silence)",
+    )
+    parser.add_argument(
+        "--search-s",
+        type=float,
+        default=5.0,
+        help="how far back from a window's end a pause is sought (default: 5)",
+    )
+    parser.add_argument(
+        "--max-windows-per-request",
+        type=int,
+        default=4,
+        help="most windows of one request decoding at once, so a long upload leaves slots to short requests "
+        "(default: 4)",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=224,
+        help="most tokens of a request's prompt kept as context (its end); 0 refuses prompts (default: 224)",
+    )
+    parser.add_argument(
         "--max-new-tokens", type=int, default=448, help="most tokens generated per window (default: 448)"
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -105,6 +132,10 @@ def _run(args: argparse.Namespace) -> int:
             request_timeout_s=args.request_timeout,
             window_s=args.window_s,
             overlap_s=args.overlap_s,
+            cut=args.cut,
+            search_s=args.search_s,
+            max_windows_per_request=args.max_windows_per_request,
+            max_prompt_tokens=args.max_prompt_tokens,
             max_new_tokens=args.max_new_tokens,
             drain_grace_s=args.drain_grace,
             tensor_parallel=args.tensor_parallel,

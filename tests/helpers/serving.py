@@ -1,4 +1,5 @@
-"""Helpers for tests that talk to a server: a real uvicorn server on a free local port in a thread, WAV bytes."""
+"""Helpers for tests that talk to a server: a real uvicorn server on a free local port in a thread, WAV bytes,
+and a runner that records its prompts."""
 
 from __future__ import annotations
 
@@ -56,3 +57,24 @@ def wav_bytes(seconds: float, *, freq: float = 440.0, rate: int = 16_000) -> byt
     buf = io.BytesIO()
     sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+class RecordingRunner:
+    """A `scheduler.ModelRunner` that answers every prefill with ``stop_id`` at once and keeps each prompt:
+    for tests that check what the engine asks the model to prefill, not what the model says."""
+
+    num_slots = 2
+    max_seq_len = 4096
+
+    def __init__(self, stop_id: int):
+        self.stop_id = stop_id
+        self.prefills: list = []
+
+    def prefill(self, slot, prompt):
+        self.prefills.append(prompt)
+        out = np.zeros(max(16, self.stop_id + 1), np.float32)
+        out[self.stop_id] = 1.0
+        return out
+
+    def decode(self, tokens_b, active_b):  # never reached: every prefill stops
+        raise AssertionError("decode after a stop token")

@@ -131,6 +131,28 @@ def test_long_audio_is_windowed_and_stitched(engine):
     assert final.segments[-1].end == pytest.approx(9.0)
 
 
+def test_language_and_prompt_decode_in_the_context_prompt_width(engine, tiny_checkpoint):
+    """A request with a prompt is prefilled at the wider prompt width compiled for contexts, and decodes
+    exactly as the cache-free reference does on the same prompt."""
+    eng, loop = engine
+    clip = _clip(2.2, 330.0)
+    params = TranscribeParams(audio=clip, language="en", prompt="سلمى ويوسف في المحطة")
+
+    async def run():
+        return [e async for e in eng.transcribe(params)]
+
+    final = loop.run_until_complete(run())[-1]
+    instruction, context = eng.text_side.request_prompt("en", params.prompt)
+    prompt = make_prompt(clip, eng.text_side, instruction=instruction, context=context)
+    assert (
+        final.stats.prompt_tokens == len(prompt.input_ids) > len(make_prompt(clip, eng.text_side).input_ids)
+    )
+    want = _reference_greedy(tiny_checkpoint, prompt, eng.text_side.stop_ids, N_NEW)
+    assert list(final.segments[0].tokens) == want
+    runner = eng.scheduler.runner
+    assert len(runner.seq_buckets) == 2 * len(set(runner.frame_buckets))  # with and without a context
+
+
 def test_tensor_parallel_engine_matches_reference(tiny_checkpoint):
     """Weights sharded over 2 of the 8 fake CPU devices (tensor axis) decode the same tokens."""
     config = ServerConfig(max_batch=2, max_new_tokens=N_NEW, window_s=4.0, overlap_s=1.0, tensor_parallel=2)

@@ -49,7 +49,7 @@ class WindowScriptRunner:
 
 
 TEXT = TextSide(
-    prompt_ids=lambda n: [1, 3, *([PAD] * n), 4, 2],
+    prompt_ids=lambda n, instruction, context: [1, 3, *([PAD] * n), 4, 2],
     decode=lambda ids: " ".join(f"w{i}" for i in ids),
     stop_ids=frozenset({STOP}),
     audio_pad_id=PAD,
@@ -116,3 +116,41 @@ def test_closing_the_stream_cancels_and_frees_slots():
 
     first, load = asyncio.run(main())
     assert first.text == "w10" and load.running == 0 and load.waiting == 0
+
+
+def _phrases(spans_s: list[tuple[float, float]], total_s: float) -> np.ndarray:
+    """Noise "speech" over the given spans and digital silence elsewhere."""
+    rng = np.random.default_rng(0)
+    wave = np.zeros(int(total_s * 16000), np.float32)
+    for a, b in spans_s:
+        wave[int(a * 16000) : int(b * 16000)] = 0.2 * rng.standard_normal(int(b * 16000) - int(a * 16000))
+    return wave
+
+
+def test_windows_cut_in_pauses_follow_each_other_and_carry_their_times():
+    # Speech 0.2-1.5 s, 1.9-3.4 s, 3.8-4.8 s with 2 s windows: the cuts fall in the two pauses.
+    wave = _phrases([(0.2, 1.5), (1.9, 3.4), (3.8, 4.8)], 5.0)
+    # The same words end window 0 and start window 1 (a repeated phrase): after a pause cut nothing is
+    # merged away, whereas an overlap merge would have dropped the repeat.
+    scripts = [[10, 11, 12], [11, 12, 13], [14]]
+    runner = WindowScriptRunner(scripts, num_slots=1)  # one window at a time: deltas come window by window
+    engine = ModelEngine(lambda: runner, TEXT, model_name="m", window_s=2.0, overlap_s=0.5)
+
+    async def main():
+        await engine.start()
+        try:
+            return [e async for e in engine.transcribe(TranscribeParams(audio=wave))]
+        finally:
+            await engine.stop()
+
+    events = asyncio.run(main())
+    final = events[-1]
+    assert final.text == "w10 w11 w12 w11 w12 w13 w14"
+    assert [s.text for s in final.segments] == ["w10 w11 w12", "w11 w12 w13", "w14"]
+    starts = [s.start for s in final.segments]
+    assert 1.5 < starts[1] < 1.9 and 3.4 < starts[2] < 3.8  # in the pauses
+    assert [s.end for s in final.segments[:-1]] == starts[1:] and final.segments[-1].end == 5.0
+    # Before a window that starts in a pause nothing can change: every window's words stream at once.
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert deltas == ["w10 w11 w12", " w11 w12 w13", " w14"]
+    assert final.stats.audio_tokens == sum(p.audio_tokens for p in runner.prefills)
