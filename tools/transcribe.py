@@ -1,11 +1,12 @@
 """`sawt transcribe`: offline greedy transcription of audio files with a model checkpoint.
 
-Each file is decoded to 16 kHz mono (`decode_audio`), cut into model windows (`longform.split_windows`, 30 s
-by default, from the checkpoint's preprocessor_config.json when it says otherwise), and every window
-becomes one row of a batch: the ASR prompt with the window's `<|audio_pad|>` run, left-aligned and padded.
-`greedy_generate` (KV cache, one compiled loop) decodes all windows of a file at once, and
-`longform.stitch` joins the windows' token ids. A bad file is reported on stderr and skipped; the exit code
-is 1 if any file failed.
+Each file is decoded to 16 kHz mono (`decode_audio`), cut into model windows (`trainer.data.silence
+.plan_windows`: at most 30 s, or the checkpoint's preprocessor_config.json chunk_length, cut in a pause near
+each window's end, else at a fixed length with overlap), and every window becomes one row of a batch: the
+ASR prompt (`trainer.data.text`, worded for ``--language``, with ``--prompt`` as context) with the window's
+`<|audio_pad|>` run, left-aligned and padded. `greedy_generate` (KV cache, one compiled loop) decodes all
+windows of a file at once, and `longform.stitch_windows` joins the windows' token ids. A bad file is reported
+on stderr and skipped; the exit code is 1 if any file failed.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ class Transcriber:
     Attributes:
         model: the `Thinker` with the checkpoint's weights.
         tokenizer: the `trainer.data.text.Tokenizer` found next to the checkpoint.
-        window_s, overlap_s: long-audio windowing (see `inference_server.longform`).
+        window_s, overlap_s: long-audio windowing (see `trainer.data.silence`).
         stop_ids: ids that end a hypothesis.
+        style: the prompt's wording (`trainer.data.text.PromptStyle`).
+        cut, search_s: where long audio is cut (`trainer.data.silence.plan_windows`).
+        max_context_tokens: most tokens of ``--prompt`` kept as context.
     """
 
     model: object
@@ -41,7 +45,10 @@ class Transcriber:
     window_s: float
     overlap_s: float
     stop_ids: tuple[int, ...]
-    instruction: str
+    style: object  # trainer.data.text.PromptStyle
+    cut: str = "silence"
+    search_s: float = 5.0
+    max_context_tokens: int = 224
     compiled_shapes: set = field(default_factory=set)
 
     @classmethod
@@ -54,12 +61,14 @@ class Transcriber:
         overlap_s: float | None = None,
         instruction: str | None = None,
         compute_dtype: str | None = None,
+        cut: str = "silence",
+        search_s: float = 5.0,
     ) -> Transcriber:
         """Loads the checkpoint (model checkpoint, trainer step or run directory) and its tokenizer."""
         from flax import nnx
 
         from inference_server.longform import DEFAULT_OVERLAP_S
-        from trainer.data.text import DEFAULT_INSTRUCTION, load_tokenizer
+        from trainer.data.text import PromptStyle, load_tokenizer
         from trainer.model.params import load_param_tree
         from trainer.model.thinker import Thinker
         from trainer.model_checkpoint import load_model_checkpoint, resolve_checkpoint
@@ -81,10 +90,14 @@ class Transcriber:
             window_s=float(window_s),
             overlap_s=float(DEFAULT_OVERLAP_S if overlap_s is None else overlap_s),
             stop_ids=tuple(sorted(stops)),
-            instruction=instruction or DEFAULT_INSTRUCTION,
+            style=PromptStyle(instruction) if instruction else PromptStyle(),
+            cut=cut,
+            search_s=search_s,
         )
 
-    def make_batch(self, windows: list[np.ndarray]) -> tuple[dict, list[list[int]]]:
+    def make_batch(
+        self, windows: list[np.ndarray], instruction: str | None = None, context: str | None = None
+    ) -> tuple[dict, list[list[int]]]:
         """The prompt batch for a list of waves (one row each) and each row's prompt ids."""
         from trainer.data.audio import encoder_token_count, log_mel
         from trainer.data.text import asr_prompt_ids
@@ -93,7 +106,8 @@ class Transcriber:
         mels = [log_mel(w) for w in windows]
         frames = [m.shape[1] for m in mels]
         n_audio = [int(encoder_token_count(f, cfg.audio.n_window)) for f in frames]
-        prompts = [asr_prompt_ids(self.tokenizer, n, self.instruction) for n in n_audio]
+        instruction = instruction or self.style.instruction
+        prompts = [asr_prompt_ids(self.tokenizer, n, instruction, context) for n in n_audio]
         b = len(windows)
         width = _round_up(max(len(p) for p in prompts), SEQ_BUCKET)
         mel_width = _round_up(max(frames), MEL_BUCKET)
@@ -118,19 +132,29 @@ class Transcriber:
         }
         return batch, prompts
 
-    def transcribe_wave(self, wave: np.ndarray, max_new_tokens: int) -> dict:
-        """Transcribes one 16 kHz mono wave; returns text, ids, prompt ids and per-window detail."""
-        from inference_server.longform import stitch, window_bounds
+    def transcribe_wave(
+        self, wave: np.ndarray, max_new_tokens: int, language: str | None = None, prompt: str | None = None
+    ) -> dict:
+        """Transcribes one 16 kHz mono wave; returns text, ids, prompt ids and per-window detail.
+
+        Raises:
+            PromptError: an unsupported ``language``, or a ``prompt`` holding special tokens.
+        """
+        from inference_server.longform import stitch_windows
         from trainer.data.audio_io import SAMPLE_RATE
+        from trainer.data.silence import plan_windows, segment_spans
+        from trainer.data.text import clip_context
         from trainer.model.generate import greedy_generate
 
-        bounds = window_bounds(len(wave), self.window_s, self.overlap_s, SAMPLE_RATE)
-        windows = [wave[s:e] for s, e in bounds]
-        batch, prompts = self.make_batch(windows)
+        instruction = self.style.instruction_for(language)
+        context = clip_context(self.tokenizer, prompt, self.max_context_tokens)
+        plan = plan_windows(wave, self.window_s, self.overlap_s, cut=self.cut, search_s=self.search_s)
+        batch, prompts = self.make_batch([wave[w.start : w.end] for w in plan], instruction, context)
         ids, counts = greedy_generate(self.model, batch, max_new_tokens, stop_ids=self.stop_ids)
         ids, counts = np.asarray(ids), np.asarray(counts)
-        per_window = [[int(t) for t in ids[i, : counts[i]]] for i in range(len(windows))]
-        token_ids = per_window[0] if len(per_window) == 1 else stitch(per_window)
+        per_window = [[int(t) for t in ids[i, : counts[i]]] for i in range(len(plan))]
+        token_ids, _ = stitch_windows(plan, per_window)
+        spans = segment_spans(plan, SAMPLE_RATE)
         return {
             "text": self.tokenizer.decode(token_ids),
             "token_ids": token_ids,
@@ -138,12 +162,14 @@ class Transcriber:
             "audio_seconds": round(len(wave) / SAMPLE_RATE, 3),
             "windows": [
                 {
-                    "start_s": round(s / SAMPLE_RATE, 3),
-                    "end_s": round(e / SAMPLE_RATE, 3),
+                    "start_s": round(w.start / SAMPLE_RATE, 3),
+                    "end_s": round(w.end / SAMPLE_RATE, 3),
+                    "overlap_s": round(w.overlap / SAMPLE_RATE, 3),
+                    "segment": [round(a, 3), round(b, 3)],
                     "prompt_tokens": len(p),
-                    "token_ids": w,
+                    "token_ids": t,
                 }
-                for (s, e), p, w in zip(bounds, prompts, per_window, strict=True)
+                for w, (a, b), p, t in zip(plan, spans, prompts, per_window, strict=True)
             ],
         }
 
@@ -185,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt transcribe` (see sawt/commands/transcribe.py)."""
     from core.errors import UsageError
     from trainer.data.audio_io import AudioError, decode_audio
-    from trainer.data.text import TokenizerError
+    from trainer.data.text import TokenizerError, clip_context
 
     if args.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
@@ -196,14 +222,19 @@ def main(args: argparse.Namespace) -> int:
             window_s=args.window_s,
             overlap_s=args.overlap_s,
             instruction=args.instruction,
+            cut=args.cut,
+            search_s=args.search_s,
         )
+        # Refuse a bad --language or --prompt before any file is read.
+        transcriber.style.instruction_for(args.language)
+        clip_context(transcriber.tokenizer, args.prompt, transcriber.max_context_tokens)
     except (TokenizerError, ValueError) as err:
         raise UsageError(str(err)) from None
     failed = 0
     for path in args.audio:
         try:
             wave = decode_audio(path)
-            result = transcriber.transcribe_wave(wave, args.max_new_tokens)
+            result = transcriber.transcribe_wave(wave, args.max_new_tokens, args.language, args.prompt)
         except (AudioError, ValueError) as err:
             failed += 1
             msg = str(err) if str(path) in str(err) else f"{path}: {err}"

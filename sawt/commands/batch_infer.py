@@ -49,6 +49,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--window-s", type=float, default=30.0, help="audio per model window (default: 30)")
     parser.add_argument("--overlap-s", type=float, default=4.0, help="window overlap (default: 4)")
     parser.add_argument(
+        "--cut",
+        choices=("silence", "fixed"),
+        default="silence",
+        help="where long audio is cut (default: silence)",
+    )
+    parser.add_argument("--language", default=None, help="language of every record: ar, en or ar-en")
+    parser.add_argument(
+        "--prompt", default=None, metavar="TEXT", help="context given to the model for every record"
+    )
+    parser.add_argument(
+        "--language-field", default=None, metavar="FEATURE", help="text feature with a record's own language"
+    )
+    parser.add_argument(
+        "--context-field", default=None, metavar="FEATURE", help="text feature with a record's own context"
+    )
+    parser.add_argument(
         "--report-timeout", type=float, default=24 * 3600.0, help="how long process 0 waits for the others"
     )
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
@@ -64,7 +80,13 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore step at INFO
     from inference_server import batch_infer
+    from trainer.data.text import PromptError, PromptStyle
 
+    try:
+        PromptStyle().instruction_for(args.language)  # refuse a bad --language before loading anything
+    except PromptError as err:
+        raise UsageError(f"--language: {err}") from None
+    fields = batch_infer.PromptFields(args.language, args.prompt, args.language_field, args.context_field)
     out = Path(args.out)
     if args.local_processes is not None:
         if args.local_processes < 1:
@@ -73,7 +95,10 @@ def _run(args: argparse.Namespace) -> int:
         argv += ["--split", args.split] if args.split else []
         argv += ["--max-batch", str(args.max_batch), "--max-new-tokens", str(args.max_new_tokens)]
         argv += ["--window-s", str(args.window_s), "--overlap-s", str(args.overlap_s)]
-        argv += ["--tensor-parallel", str(args.tensor_parallel)]
+        argv += ["--tensor-parallel", str(args.tensor_parallel), "--cut", args.cut]
+        for flag, value in (("--language", args.language), ("--prompt", args.prompt),
+                            ("--language-field", args.language_field), ("--context-field", args.context_field)):  # fmt: skip
+            argv += [flag, value] if value is not None else []
         code = batch_infer.launch_local(argv, args.local_processes)
         if code != 0:
             return code
@@ -88,7 +113,8 @@ def _run(args: argparse.Namespace) -> int:
     batch_infer.run_process(
         args.checkpoint, args.data, out, split=args.split, process_index=args.process_index,
         num_processes=args.num_processes, max_batch=args.max_batch, max_new_tokens=args.max_new_tokens,
-        window_s=args.window_s, overlap_s=args.overlap_s, tensor_parallel=args.tensor_parallel,
+        window_s=args.window_s, overlap_s=args.overlap_s, tensor_parallel=args.tensor_parallel, fields=fields,
+        cut=args.cut,
     )  # fmt: skip
     if args.no_report or args.process_index != 0:
         return 0

@@ -77,3 +77,75 @@ def test_local_processes_shard_the_work(tiny_checkpoint, split_dir, tmp_path):
     ids = [sorted(r["sample_id"] for r in read_jsonl(f)) for f in files]
     assert ids == [["id0", "id3", "id4"], ["id1", "id2", "id5"]]  # records numbered in shard order
     assert json.loads((out / "report.json").read_text())["samples"] == 6
+
+
+def test_language_and_prompt_reach_the_prompt_ids(tiny_checkpoint, tmp_path):
+    """--language / --prompt apply to every record, --language-field / --context-field read a record's own;
+    each reaches the prompt ids the engine prefills (`trainer.data.text`, as in training)."""
+    import asyncio
+
+    import numpy as np
+    from helpers.serving import RecordingRunner
+
+    from core.fileio import DurableJsonl
+    from inference_server.model_engine import ModelEngine, TextSide
+    from trainer.data.audio import encoder_token_count, num_frames
+    from trainer.data.example import encode_example
+    from trainer.data.text import LANGUAGE_INSTRUCTIONS, asr_prompt_ids, load_tokenizer
+
+    tok = load_tokenizer(tiny_checkpoint)
+    wave = 0.1 * np.sin(np.arange(16000) / 5.0).astype(np.float32)
+
+    def record(sid, **extra):
+        base = {"audio": wave, "audio_len": 16000, "sample_rate": 16000, "duration": 1.0, "text": "نص",
+                "dataset_name": "x", "sample_id": sid}  # fmt: skip
+        return encode_example({**base, **extra})
+
+    items = [
+        record("own", lang="en", ctx="سلمى"),  # its own language and context
+        record("global"),  # the global --language / --prompt
+        record("bad", lang="fr"),  # no instruction for fr: counted bad, the run goes on
+    ]
+    refs = [(batch_infer.RecordRef(k, Path("s"), k), payload) for k, payload in enumerate(items)]
+    fields = batch_infer.PromptFields("ar-en", "يوسف", "lang", "ctx")
+
+    runner = RecordingRunner(tok.im_end_id)
+    runner.num_slots = 1  # one record at a time: prefills come in record order
+    engine = ModelEngine(lambda: runner, TextSide.from_tokenizer_dir(str(tiny_checkpoint)), model_name="m")
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    async def main():
+        await engine.start()
+        try:
+            with DurableJsonl(tmp_path / "p.jsonl") as sink:
+                return await batch_infer._transcribe_all(engine, iter(refs), sink, set(), 1, Bar(), fields)
+        finally:
+            await engine.stop()
+
+    counts = asyncio.run(main())
+    assert counts == {"done": 2, "skipped": 0, "bad": 1}
+    n_audio = int(encoder_token_count(num_frames(16000)))
+    want = [
+        asr_prompt_ids(tok, n_audio, LANGUAGE_INSTRUCTIONS["en"], "سلمى"),
+        asr_prompt_ids(tok, n_audio, LANGUAGE_INSTRUCTIONS["ar-en"], "يوسف"),
+    ]
+    assert [p.input_ids.tolist() for p in runner.prefills] == want
+    rows = {r["sample_id"]: r for r in read_jsonl(tmp_path / "p.jsonl")}
+    assert rows["own"]["prompt_tokens"] == len(want[0]) and rows["global"]["prompt_tokens"] == len(want[1])
+
+
+def test_unknown_language_flag_is_a_usage_error(tiny_checkpoint, split_dir, tmp_path, capsys):
+    args = [
+        "batch-infer",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(split_dir),
+        "--out",
+        str(tmp_path),
+    ]
+    assert sawt_main([*args, "--language", "xx"]) == 2
+    assert "unsupported language 'xx'; supported: ar, ar-en, en" in capsys.readouterr().err

@@ -149,3 +149,27 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, audio, capsys):
     rc = sawt_main(["transcribe", "--checkpoint", str(tmp_path / "nope"), str(audio / "tone.wav")])
     assert rc == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
+
+
+def test_language_and_prompt_change_the_prompt_token_ids(tiny, audio, capsys):
+    """The contract: `sawt transcribe --output json --language ar --prompt TEXT` changes prompt_token_ids,
+    to exactly the prompt `trainer.data.text` builds for training with that instruction and context."""
+    from trainer.data.audio import encoder_token_count, num_frames
+    from trainer.data.text import LANGUAGE_INSTRUCTIONS, asr_prompt_ids, load_tokenizer
+
+    tok = load_tokenizer(tiny / "ckpt")
+    n_audio = int(encoder_token_count(num_frames(3 * SR)))
+    base = ["--checkpoint", tiny / "ckpt", "--max-new-tokens", "2"]
+    seen = {}
+    for flags, instruction, context in (
+        ((), LANGUAGE_INSTRUCTIONS["ar"], None),
+        (("--language", "en"), LANGUAGE_INSTRUCTIONS["en"], None),
+        (("--language", "ar", "--prompt", "سلمى ويوسف"), LANGUAGE_INSTRUCTIONS["ar"], "سلمى ويوسف"),
+    ):
+        rc, rows, _ = _run_json(capsys, *base, *flags, audio / "tone.wav")
+        assert rc == 0
+        assert rows[0]["prompt_token_ids"] == asr_prompt_ids(tok, n_audio, instruction, context)
+        seen[flags] = tuple(rows[0]["prompt_token_ids"])
+    assert len(set(seen.values())) == 3
+    rc, _, err = _run_json(capsys, *base, "--language", "fr", audio / "tone.wav")
+    assert rc == 2 and "unsupported language 'fr'; supported: ar, ar-en, en" in err
