@@ -41,7 +41,7 @@ SMALL_EVAL = ("eval.max_batches=1", "eval.max_new_tokens=8")
 CLIP_TEXT = "السلام عليكم ورحمة الله"
 # Where each command the smoke runs need is implemented, for the NOT RUN message.
 COMMAND_SOURCES = {
-    "data": "tools/data_*.py",
+    "data": "tools/data/",
     "train": "trainer/train.py",
     "serve": "inference_server/main.py",
     "convert": "tools/convert_hf.py",
