@@ -63,6 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tools.convert_hf import main
+    from tools.hf.convert import main
 
     return main(args)

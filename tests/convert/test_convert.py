@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from sawt.cli import main as sawt_main
-from tools.convert_hf import ConversionError, hf_to_orbax, orbax_to_hf
 from tools.dev.synthetic_hf import write_synthetic_hf
-from tools.hf_layout import leaf_specs
-from tools.safetensors_io import INDEX_FILE, SINGLE_FILE, open_checkpoint, read_tensor, write_safetensors
+from tools.hf.convert import ConversionError, hf_to_orbax, orbax_to_hf
+from tools.hf.layout import leaf_specs
+from tools.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, open_checkpoint, read_tensor, write_safetensors
 from trainer.model.config import ModelConfig
 from trainer.model_checkpoint import (
     MODEL_CONFIG_FILE,
@@ -136,7 +136,7 @@ def test_skips_visual_talker_code2wav_and_says_so(tmp_path, capsys):
 
 
 def open_checkpoint_file(path: Path) -> list[str]:
-    from tools.safetensors_io import read_header
+    from tools.hf.safetensors_io import read_header
 
     return list(read_header(path)[0])
 
@@ -275,7 +275,7 @@ def test_conversion_peak_rss_is_largest_leaf_plus_under_1gb(tmp_path):
     import subprocess
     import sys
 
-    from tools.hf_layout import leaf_specs
+    from tools.hf.layout import leaf_specs
     from trainer.config import load_experiment
 
     real = load_experiment("qwen3-omni-30b-a3b", []).model
@@ -289,7 +289,7 @@ def test_conversion_peak_rss_is_largest_leaf_plus_under_1gb(tmp_path):
     largest = max(int(np.prod(s.shape)) * 2 for s in leaf_specs(config))
     code = (
         "import sys\n"
-        "from tools.convert_hf import hf_to_orbax\n"
+        "from tools.hf.convert import hf_to_orbax\n"
         "hf_to_orbax(sys.argv[1], sys.argv[2], log=lambda *a: None, show_progress=False)\n"
         # VmHWM is this process's own peak; ru_maxrss would carry over the forking parent's.
         "status = open('/proc/self/status').read()\n"

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from tests.model.helpers import GOLDEN_NAMES, GOLDENS, av_batch, forward, reference
-from tools.convert_hf import hf_to_orbax
+from tools.hf.convert import hf_to_orbax
 from trainer.model.params import load_param_tree
 from trainer.model.thinker import Thinker
 from trainer.model_checkpoint import load_model_checkpoint

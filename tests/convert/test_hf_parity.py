@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 def test_converted_logits_match_hf_pytorch(tmp_path, prefix):
     from flax import nnx
 
-    from tools.convert_hf import hf_to_orbax
     from tools.dev.synthetic_hf import write_synthetic_hf
+    from tools.hf.convert import hf_to_orbax
     from trainer.config import load_experiment
     from trainer.data.audio import encoder_token_count
     from trainer.model.params import load_param_tree
@@ -38,7 +38,7 @@ def test_converted_logits_match_hf_pytorch(tmp_path, prefix):
     hf_to_orbax(hf, tmp_path / "ckpt", log=lambda *_: None, show_progress=False)
     if prefix:
         # HF's thinker class loads a bare-thinker directory; give it the unprefixed twin of the same bytes.
-        from tools.convert_hf import orbax_to_hf
+        from tools.hf.convert import orbax_to_hf
 
         orbax_to_hf(
             tmp_path / "ckpt", tmp_path / "hf_bare", prefix="", log=lambda *_: None, show_progress=False

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from tests.helpers.release import logits_at_reference, reference, reference_batch, release_dir
-from tools.convert_hf import hf_to_orbax
+from tools.hf.convert import hf_to_orbax
 from trainer.model.params import load_param_tree
 from trainer.model.thinker import Thinker
 from trainer.model_checkpoint import load_model_checkpoint

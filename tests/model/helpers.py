@@ -10,8 +10,8 @@ import numpy as np
 from flax import nnx
 
 from tools.dev.hf_reference.make_goldens import CLIP_SECONDS, SAMPLE_RATE, features, waveform
+from tools.hf import key_map
 from trainer.data.audio import encoder_token_count
-from trainer.model import hf_names
 from trainer.model.config import ModelConfig
 from trainer.model.params import load_param_tree
 from trainer.model.thinker import Thinker, check_audio_placeholders
@@ -28,7 +28,7 @@ def golden_config(name: str, **overrides) -> ModelConfig:
 @cache
 def golden_tree(name: str) -> dict:
     cfg = golden_config(name)
-    return hf_names.hf_to_tree(hf_names.HFTensors.from_dir(GOLDENS / name), cfg)
+    return key_map.hf_to_tree(key_map.HFTensors.from_dir(GOLDENS / name), cfg)
 
 
 @cache

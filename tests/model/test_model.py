@@ -20,9 +20,10 @@ from tests.model.helpers import (
     golden_tree,
     reference,
 )
+from tools.hf import key_map
 from trainer.config import load_experiment
 from trainer.data.audio import encoder_token_count
-from trainer.model import hf_names, moe, sharding
+from trainer.model import moe, sharding
 from trainer.model.config import ModelConfig
 from trainer.model.generate import greedy_generate
 from trainer.model.loss import thinker_loss
@@ -178,7 +179,7 @@ def test_mrope_with_equal_rows_reduces_to_1d_rope():
 
 def test_hf_keys_with_prefix_fused_experts_and_skipped_vision():
     cfg = golden_config("tiny_a")
-    plain = hf_names.HFTensors.from_dir(GOLDENS / "tiny_a")
+    plain = key_map.HFTensors.from_dir(GOLDENS / "tiny_a")
     assert plain.skipped and all(k.startswith("visual.") for k in plain.skipped)
     raw = {k: plain[k] for k in plain}
     prefixed = {"thinker." + k: v for k, v in raw.items()}
@@ -204,7 +205,7 @@ def test_hf_keys_with_prefix_fused_experts_and_skipped_vision():
         )
     want = dict(flatten(golden_tree("tiny_a")))
     for source in (prefixed, fused):
-        got = dict(flatten(hf_names.hf_to_tree(source, cfg)))
+        got = dict(flatten(key_map.hf_to_tree(source, cfg)))
         assert set(got) == set(want)
         for p in want:
             np.testing.assert_array_equal(got[p], want[p], err_msg=p)
@@ -213,11 +214,11 @@ def test_hf_keys_with_prefix_fused_experts_and_skipped_vision():
 def test_canonical_tree_round_trips_through_hf_names():
     cfg = golden_config("tiny_b")
     tree = golden_tree("tiny_b")
-    hf = hf_names.tree_to_hf(tree, cfg, prefix="thinker.")
-    source = hf_names.HFTensors.from_dir(GOLDENS / "tiny_b")
+    hf = key_map.tree_to_hf(tree, cfg, prefix="thinker.")
+    source = key_map.HFTensors.from_dir(GOLDENS / "tiny_b")
     for k, v in hf.items():
         np.testing.assert_array_equal(v, source[k[len("thinker.") :]].astype(np.float32), err_msg=k)
-    back = dict(flatten(hf_names.hf_to_tree(hf, cfg)))
+    back = dict(flatten(key_map.hf_to_tree(hf, cfg)))
     for p, v in flatten(tree):
         np.testing.assert_array_equal(back[p], v)
 

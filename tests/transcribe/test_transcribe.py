@@ -83,11 +83,11 @@ def test_ids_match_direct_generation_from_hf_weights(tiny, audio, capsys):
     """The CLI's ids equal greedy decoding by a model loaded straight from the HF safetensors."""
     from flax import nnx
 
+    from tools.hf.key_map import HFTensors, hf_to_tree
     from tools.transcribe import Transcriber
     from trainer.data.audio_io import decode_audio
     from trainer.model.config import ModelConfig
     from trainer.model.generate import greedy_generate
-    from trainer.model.hf_names import HFTensors, hf_to_tree
     from trainer.model.params import load_param_tree
     from trainer.model.thinker import Thinker
 

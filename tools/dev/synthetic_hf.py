@@ -15,8 +15,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from tools.hf_layout import leaf_specs
-from tools.safetensors_io import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
+from tools.hf.layout import leaf_specs
+from tools.hf.safetensors_io import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
 
 DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp32": np.dtype(np.float32)}
 

@@ -44,7 +44,7 @@ COMMAND_SOURCES = {
     "data": "tools/data/",
     "train": "trainer/train.py",
     "serve": "inference_server/main.py",
-    "convert": "tools/convert_hf.py",
+    "convert": "tools/hf/convert.py",
 }
 
 

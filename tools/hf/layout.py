@@ -1,12 +1,12 @@
 """A streaming view of the HF key table: one `LeafSpec` per canonical leaf (docs/interfaces.md §4).
 
 The table itself (which HF tensors make each leaf, and the transform of each) is
-`trainer.model.hf_names.entries`; slice shapes come from the model's own abstract parameter tree. This module
+`tools.hf.key_map.entries`; slice shapes come from the model's own abstract parameter tree. This module
 only adds what streaming needs: the expected HF shape of every tensor (to check a checkpoint before reading
 it) and the stacked index of each HF tensor, so one slice can be read, transformed and placed at a time.
 The transforms are pure transposes plus reshapes, so they invert exactly and HF -> Orbax -> HF is bit-exact.
 
-Keys are relative to the thinker (no ``thinker.`` prefix); `tools.convert_hf` adds or strips the prefix.
+Keys are relative to the thinker (no ``thinker.`` prefix); `tools.hf.convert` adds or strips the prefix.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.model import hf_names
+from tools.hf import key_map
 from trainer.model.config import ModelConfig
 
 # Top-level groups of a full Qwen3-Omni checkpoint that an ASR thinker does not use.
-SKIPPED_GROUPS = tuple(p.rstrip(".") for p in hf_names.SKIPPED_PREFIXES)
+SKIPPED_GROUPS = tuple(p.rstrip(".") for p in key_map.SKIPPED_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class LeafSpec:
         path: the leaf's path in the canonical tree, e.g. ``("model", "layers", "mlp", "gate", "kernel")``.
         keys: the HF keys (no prefix) in stacking order, each with its index into the stacked dims.
         stack: leading stacked dims of the leaf: () unstacked, (L,) per layer, (L, E) per layer and expert.
-        kind: the `hf_names` transform of one HF tensor.
+        kind: the `key_map` transform of one HF tensor.
         hf_shape: shape of one HF tensor.
         slice_shape: shape of one slice of the leaf.
     """
@@ -52,15 +52,15 @@ class LeafSpec:
 
     def to_canonical(self, hf: np.ndarray) -> np.ndarray:
         """One HF tensor -> one slice of the leaf."""
-        return hf_names._to_ours(self.kind, hf, self.slice_shape)
+        return key_map._to_ours(self.kind, hf, self.slice_shape)
 
     def to_hf(self, piece: np.ndarray) -> np.ndarray:
         """One slice of the leaf -> the HF tensor (exact inverse of `to_canonical`)."""
-        return hf_names._to_hf(self.kind, piece)
+        return key_map._to_hf(self.kind, piece)
 
 
 def _hf_shape(kind: str, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The HF tensor shape that `hf_names` maps onto a slice of ``slice_shape`` (shapes only, no data)."""
+    """The HF tensor shape that `key_map` maps onto a slice of ``slice_shape`` (shapes only, no data)."""
     if kind == "copy":
         return slice_shape
     if kind == "bias_heads":
@@ -78,12 +78,12 @@ def _hf_shape(kind: str, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def leaf_specs(config: ModelConfig) -> list[LeafSpec]:
-    """Every leaf of the canonical tree for ``config``, in `hf_names` table order."""
+    """Every leaf of the canonical tree for ``config``, in `key_map` table order."""
     from trainer.model.params import abstract_param_tree, flatten
 
     shapes = {path: tuple(v.shape) for path, v in flatten(abstract_param_tree(config))}
     specs = []
-    for entry in hf_names.entries(config):
+    for entry in key_map.entries(config):
         stack = tuple(entry._counts(config))
         full = shapes[entry.path]
         if full[: len(stack)] != stack:

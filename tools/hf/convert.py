@@ -22,8 +22,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from tools.hf_layout import SKIPPED_GROUPS, LeafSpec, leaf_specs
-from tools.safetensors_io import (
+from tools.hf.layout import SKIPPED_GROUPS, LeafSpec, leaf_specs
+from tools.hf.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES,
     PlannedTensor,
     ShardedWriter,
@@ -356,7 +356,7 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt convert` (see sawt/commands/convert.py)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work; do not grab an accelerator
     from core.errors import UsageError
-    from tools.safetensors_io import SafetensorsError
+    from tools.hf.safetensors_io import SafetensorsError
 
     quiet = getattr(args, "quiet", False)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
