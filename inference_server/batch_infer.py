@@ -25,50 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from core.fileio import DurableJsonl, atomic_write_json, atomic_write_text, read_jsonl
+from trainer.data.shards import RecordRef, find_shards, read_records, shard_records
 
 log = logging.getLogger("sawt.batch_infer")
 
 PREDICTIONS_GLOB = "predictions-*.jsonl"
-
-
-@dataclass(frozen=True)
-class RecordRef:
-    number: int  # global record number over the split
-    shard: Path
-    index: int  # record index inside the shard
-
-
-def find_shards(data: str | Path, split: str | None) -> list[Path]:
-    """The split's ArrayRecord shards: ``data`` is a split directory, or a root holding ``<split>/``."""
-    root = Path(data)
-    directory = root / split if split else root
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such data directory")
-    shards = sorted(directory.glob("*.array_record"), key=lambda p: p.name)
-    if not shards and split is None and (root / "test").is_dir():
-        shards = sorted((root / "test").glob("*.array_record"), key=lambda p: p.name)
-    if not shards:
-        raise FileNotFoundError(f"{directory}: no *.array_record shards (pass a split directory or --split)")
-    return shards
-
-
-def shard_records(shards: list[Path], process_index: int, num_processes: int) -> list[RecordRef]:
-    """This process's records (``number % num_processes == process_index``)."""
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    refs: list[RecordRef] = []
-    number = 0
-    for shard in shards:
-        reader = ArrayRecordReader(str(shard))
-        try:
-            count = reader.num_records()
-        finally:
-            reader.close()
-        for i in range(count):
-            if number % num_processes == process_index:
-                refs.append(RecordRef(number, shard, i))
-            number += 1
-    return refs
 
 
 def done_ids(out: Path) -> set[str]:
@@ -79,25 +40,6 @@ def done_ids(out: Path) -> set[str]:
             if rec.get("sample_id") is not None:
                 ids.add(str(rec["sample_id"]))
     return ids
-
-
-def iter_split(data: str | Path, split: str | None = None) -> Iterator[tuple[RecordRef, bytes]]:
-    """Every record of a split as (where, serialized bytes), in shard-name order."""
-    yield from _read_records(shard_records(find_shards(data, split), 0, 1))
-
-
-def _read_records(refs: list[RecordRef]) -> Iterator[tuple[RecordRef, bytes]]:
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    readers: dict[Path, Any] = {}
-    try:
-        for ref in refs:
-            if ref.shard not in readers:
-                readers[ref.shard] = ArrayRecordReader(str(ref.shard))
-            yield ref, readers[ref.shard].read([ref.index])[0]
-    finally:
-        for r in readers.values():
-            r.close()
 
 
 @dataclass(frozen=True)
@@ -237,7 +179,7 @@ def run_process(
                 )
                 try:
                     return await _transcribe_all(
-                        engine, _read_records(refs), sink, skip, 2 * max_batch, bar, fields
+                        engine, read_records(refs), sink, skip, 2 * max_batch, bar, fields
                     )
                 finally:
                     bar.close()

@@ -40,10 +40,10 @@ from inference_server.engine import (
     TextDelta,
     TranscribeParams,
 )
-from inference_server.longform import join_next
 from inference_server.scheduler import ModelRunner, Sampling, Scheduler, SchedulerDead, Sequence
 from inference_server.scheduler import QueueFull as SchedulerQueueFull
 from trainer.data.audio import SAMPLE_RATE, encoder_token_count, log_mel
+from trainer.data.longform import join_next
 from trainer.data.silence import DEFAULT_SEARCH_S, CutMode, Window, plan_windows, segment_spans
 from trainer.data.text import PromptError, PromptStyle
 

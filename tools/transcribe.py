@@ -67,7 +67,7 @@ class Transcriber:
         """Loads the checkpoint (model checkpoint, trainer step or run directory) and its tokenizer."""
         from flax import nnx
 
-        from inference_server.longform import DEFAULT_OVERLAP_S
+        from trainer.data.longform import DEFAULT_OVERLAP_S
         from trainer.data.text import PromptStyle, load_tokenizer
         from trainer.model.params import load_param_tree
         from trainer.model.thinker import Thinker
@@ -140,8 +140,8 @@ class Transcriber:
         Raises:
             PromptError: an unsupported ``language``, or a ``prompt`` holding special tokens.
         """
-        from inference_server.longform import stitch_windows
         from trainer.data.audio_io import SAMPLE_RATE
+        from trainer.data.longform import stitch_windows
         from trainer.data.silence import plan_windows, segment_spans
         from trainer.data.text import clip_context
         from trainer.model.generate import greedy_generate

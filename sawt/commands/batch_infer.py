@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore step at INFO
     from inference_server import batch_infer
+    from trainer.data.shards import find_shards
     from trainer.data.text import PromptError, PromptStyle
 
     try:
@@ -109,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     started = time.time()
-    batch_infer.find_shards(args.data, args.split)  # fail fast on a bad path
+    find_shards(args.data, args.split)  # fail fast on a bad path
     batch_infer.run_process(
         args.checkpoint, args.data, out, split=args.split, process_index=args.process_index,
         num_processes=args.num_processes, max_batch=args.max_batch, max_new_tokens=args.max_new_tokens,

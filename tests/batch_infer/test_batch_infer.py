@@ -13,6 +13,7 @@ import pytest
 from core.fileio import read_jsonl
 from inference_server import batch_infer
 from sawt.cli import main as sawt_main
+from trainer.data.shards import RecordRef, find_shards, shard_records
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max-batch", "4", "--max-new-tokens", "6", "--window-s", "4", "--overlap-s", "1"]
@@ -59,8 +60,8 @@ def test_bad_data_path_is_a_usage_error(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_shards_are_disjoint_and_cover_the_split(split_dir):
-    shards = batch_infer.find_shards(split_dir, None)
-    parts = [batch_infer.shard_records(shards, i, 4) for i in range(4)]
+    shards = find_shards(split_dir, None)
+    parts = [shard_records(shards, i, 4) for i in range(4)]
     numbers = [r.number for p in parts for r in p]
     assert sorted(numbers) == list(range(6))
 
@@ -106,7 +107,7 @@ def test_language_and_prompt_reach_the_prompt_ids(tiny_checkpoint, tmp_path):
         record("global"),  # the global --language / --prompt
         record("bad", lang="fr"),  # no instruction for fr: counted bad, the run goes on
     ]
-    refs = [(batch_infer.RecordRef(k, Path("s"), k), payload) for k, payload in enumerate(items)]
+    refs = [(RecordRef(k, Path("s"), k), payload) for k, payload in enumerate(items)]
     fields = batch_infer.PromptFields("ar-en", "يوسف", "lang", "ctx")
 
     runner = RecordingRunner(tok.im_end_id)

@@ -11,7 +11,8 @@ import pytest
 from trainer.data import batching
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
-from trainer.data.loader import Featuriser, batch_shapes, make_loader, read_index, split_shards
+from trainer.data.loader import Featuriser, batch_shapes, make_loader, read_index
+from trainer.data.shards import split_shards
 from trainer.data.text import PromptStyle
 
 
@@ -244,14 +245,14 @@ def test_unusable_records_become_masked_rows(corpus, tokenizer):
 
 
 def test_bucket_too_small_for_the_prompt_is_a_clear_error(tokenizer):
-    from trainer.data.loader import DataError
+    from trainer.data.shards import DataError
 
     with pytest.raises(DataError, match=r"bucket \(600, 40\)"):
         Featuriser([], tokenizer, [(600, 40)], PromptStyle("Transcribe."))
 
 
 def test_missing_split_names_the_directory(tmp_path):
-    from trainer.data.loader import DataError
+    from trainer.data.shards import DataError
 
     with pytest.raises(DataError, match="validation"):
         split_shards(tmp_path, "validation")

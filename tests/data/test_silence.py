@@ -1,4 +1,4 @@
-"""Silence-aware cuts of long audio (trainer/data/silence.py) and their stitching (inference_server/longform.py).
+"""Silence-aware cuts of long audio (trainer/data/silence.py) and their stitching (trainer/data/longform.py).
 
 The signals are built so that the truth is known: "words" are bursts of noise at known times, with the short
 energy dips real words have (stop closures), separated by pauses with a noise floor. A stand-in recogniser
@@ -14,8 +14,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from inference_server.longform import stitch_windows, window_bounds
 from trainer.data.audio_io import decode_audio
+from trainer.data.longform import stitch_windows, window_bounds
 from trainer.data.silence import Window, fixed_windows, plan_windows, segment_spans
 
 SR = 16_000

@@ -78,7 +78,8 @@ def test_build_sft_records_are_read_by_the_trainer(teacher, split_dir, tmp_path)
     from array_record.python.array_record_module import ArrayRecordReader
 
     from trainer.data.example import decode_example, decode_speech
-    from trainer.data.loader import read_index, split_shards
+    from trainer.data.loader import read_index
+    from trainer.data.shards import split_shards
 
     cot = tmp_path / "cot"
     teacher.fail_first[TEXTS[5]] = (99, 400)  # one sample without a trace

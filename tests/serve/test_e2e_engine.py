@@ -17,9 +17,9 @@ from flax import nnx
 
 from inference_server.config import ServerConfig
 from inference_server.engine import TextDelta, TranscribeParams
-from inference_server.longform import split_windows, stitch
 from inference_server.main import build_engine
 from inference_server.model_engine import make_prompt
+from trainer.data.longform import split_windows, stitch
 
 N_NEW = 12
 

@@ -106,7 +106,7 @@ def test_ids_match_direct_generation_from_hf_weights(tiny, audio, capsys):
 
 
 def test_long_audio_is_windowed_and_stitched(tiny, audio, capsys):
-    from inference_server.longform import stitch, window_bounds
+    from trainer.data.longform import stitch, window_bounds
 
     rc, rows, _ = _run_json(
         capsys, "--checkpoint", tiny / "ckpt", "--max-new-tokens", "4", audio / "long.wav", audio / "tone.wav"

@@ -42,9 +42,9 @@ def build(
     from array_record.python.array_record_module import ArrayRecordWriter
 
     from core.progress import progress
-    from inference_server.batch_infer import iter_split
     from tools.data.convert import write_indexes
     from trainer.data.example import BadRecord, decode_speech, encode_example
+    from trainer.data.shards import iter_split
 
     cot_file = cot_dir / "cot.jsonl" if cot_dir.is_dir() else cot_dir
     if not cot_file.is_file():

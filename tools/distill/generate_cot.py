@@ -115,8 +115,8 @@ async def ask(
 
 def read_items(data: str, split: str | None) -> tuple[list[Item], int]:
     """Samples of the split (id, source, transcript, duration) and the number of undecodable records."""
-    from inference_server.batch_infer import iter_split
     from trainer.data.example import BadRecord, decode_speech
+    from trainer.data.shards import iter_split
 
     items, bad = [], 0
     for ref, payload in iter_split(data, split):

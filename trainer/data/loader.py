@@ -33,6 +33,7 @@ from trainer.data import batching
 from trainer.data.audio import HOP, NUM_MEL_BINS, encoder_token_count, log_mel
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
+from trainer.data.shards import DataError, split_shards
 from trainer.data.text import (
     PAD_ID,
     PromptError,
@@ -44,27 +45,11 @@ from trainer.data.text import (
     training_row,
 )
 
-SHARD_GLOB = "*.array_record"
 STATUS_OK = "ok"
 STATUS_PAD = "pad"
 
 
-class DataError(ValueError):
-    """The data directory or split cannot be used; the message names the path."""
-
-
 # ------------------------------------------------------------------------------------------- the index
-
-
-def split_shards(root: str | Path, split: str) -> list[Path]:
-    """The split's ArrayRecord shards, sorted by file name (the record order of its index)."""
-    directory = Path(root) / split
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no such split directory (run `sawt data convert` first)")
-    shards = sorted(directory.glob(SHARD_GLOB), key=lambda p: p.name)
-    if not shards:
-        raise DataError(f"{directory}: no {SHARD_GLOB} shards")
-    return shards
 
 
 def read_index(root: str | Path, split: str, shards: Sequence[Path] | None = None) -> SplitIndex:

@@ -6,7 +6,7 @@ to guess. Speech pauses, so instead each window ends at the quietest stretch wit
 seconds (as vLLM's speech-to-text endpoint does), and the next window starts right there, with no overlap:
 no word is cut, and the windows' texts simply follow each other. Where that stretch is not quiet (speech
 runs through the whole search region), the boundary falls back to the fixed cut with ``overlap_s`` of
-shared audio, which the word-level merge (`inference_server.longform`) reconciles as before.
+shared audio, which the word-level merge (`trainer.data.longform`) reconciles as before.
 
 Pure numpy, no model: `plan_windows` returns the plan and `segment_spans` the time each window accounts
 for in the source audio (what ``verbose_json`` segments, srt and vtt report).

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from inference_server.longform import merge_pair, split_windows, stitch, window_bounds
+from trainer.data.longform import merge_pair, split_windows, stitch, window_bounds
 
 SR = 16_000
 
