@@ -37,7 +37,7 @@ def _log(msg: str) -> None:
 
 def asr_batch(config, batch_size: int, audio_s: float, transcript_len: int, seed: int = 0) -> dict:
     """Equal-length ASR rows (no padding, so both sides do identical work): prompt with audio + transcript."""
-    from trainer.data.audio import encoder_token_count
+    from trainer.model.geometry import encoder_token_count
 
     rng = np.random.default_rng(seed)
     ids = config.tokens

@@ -237,7 +237,7 @@ def engine_profile(checkpoint: Path, max_batch: int, max_new_tokens: int, repeat
 
     from inference_server.jax_runner import JaxRunner
     from inference_server.model_engine import TextSide
-    from trainer.data.audio import encoder_token_count
+    from trainer.model.geometry import encoder_token_count
     from trainer.model_checkpoint import load_model_checkpoint
 
     config, params = load_model_checkpoint(checkpoint)

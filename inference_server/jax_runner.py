@@ -21,8 +21,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from trainer.data.audio import FRAMES_PER_SECOND, encoder_token_count
+from trainer.data.audio import FRAMES_PER_SECOND
 from trainer.model import generate
+from trainer.model.geometry import encoder_token_count
 
 log = logging.getLogger("sawt.jax_runner")
 

@@ -42,10 +42,11 @@ from inference_server.engine import (
 )
 from inference_server.scheduler import ModelRunner, Sampling, Scheduler, SchedulerDead, Sequence
 from inference_server.scheduler import QueueFull as SchedulerQueueFull
-from trainer.data.audio import SAMPLE_RATE, encoder_token_count, log_mel
+from trainer.data.audio import SAMPLE_RATE, log_mel
 from trainer.data.longform import join_next
 from trainer.data.silence import DEFAULT_SEARCH_S, CutMode, Window, plan_windows, segment_spans
 from trainer.data.text import PromptError, PromptStyle
+from trainer.model.geometry import encoder_token_count
 
 # Words of a window's head/tail searched for the overlap when stitching; an overlap of a few seconds of
 # speech holds far fewer words, and the bound keeps earlier text stable for streaming.

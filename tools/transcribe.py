@@ -99,8 +99,9 @@ class Transcriber:
         self, windows: list[np.ndarray], instruction: str | None = None, context: str | None = None
     ) -> tuple[dict, list[list[int]]]:
         """The prompt batch for a list of waves (one row each) and each row's prompt ids."""
-        from trainer.data.audio import encoder_token_count, log_mel
+        from trainer.data.audio import log_mel
         from trainer.data.text import asr_prompt_ids
+        from trainer.model.geometry import encoder_token_count
 
         cfg = self.model.config
         mels = [log_mel(w) for w in windows]

@@ -90,9 +90,10 @@ def test_language_and_prompt_reach_the_prompt_ids(tiny_checkpoint, tmp_path):
 
     from core.fileio import DurableJsonl
     from inference_server.model_engine import ModelEngine, TextSide
-    from trainer.data.audio import encoder_token_count, num_frames
+    from trainer.data.audio import num_frames
     from trainer.data.example import encode_example
     from trainer.data.text import LANGUAGE_INSTRUCTIONS, asr_prompt_ids, load_tokenizer
+    from trainer.model.geometry import encoder_token_count
 
     tok = load_tokenizer(tiny_checkpoint)
     wave = 0.1 * np.sin(np.arange(16000) / 5.0).astype(np.float32)

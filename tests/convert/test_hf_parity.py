@@ -27,7 +27,7 @@ def test_converted_logits_match_hf_pytorch(tmp_path, prefix):
     from tools.dev.synthetic_hf import write_synthetic_hf
     from tools.hf.convert import hf_to_orbax
     from trainer.config import load_experiment
-    from trainer.data.audio import encoder_token_count
+    from trainer.model.geometry import encoder_token_count
     from trainer.model.params import load_param_tree
     from trainer.model.thinker import Thinker
     from trainer.model_checkpoint import load_model_checkpoint

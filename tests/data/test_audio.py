@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data.audio import encoder_token_count, log_mel, mel_filters, num_frames
+from trainer.data.audio import log_mel, mel_filters, num_frames
+from trainer.model.geometry import encoder_token_count
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import shutil
 import pytest
 
 from tests.helpers.release import reference, release_dir
-from trainer.data.audio import encoder_token_count
 from trainer.data.text import (
     TokenizerError,
     asr_messages,
@@ -21,6 +20,7 @@ from trainer.data.text import (
     has_tokenizer,
     load_tokenizer,
 )
+from trainer.model.geometry import encoder_token_count
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "chat_template.json")
 

@@ -78,7 +78,7 @@ def reference_batch() -> dict[str, np.ndarray]:
     from transformers import WhisperFeatureExtractor
 
     from tools.dev.hf_reference.make_goldens import features, waveform
-    from trainer.data.audio import encoder_token_count
+    from trainer.model.geometry import encoder_token_count
 
     ref = reference()
     fe = WhisperFeatureExtractor.from_pretrained(str(release_dir()))

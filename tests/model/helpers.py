@@ -11,8 +11,8 @@ from flax import nnx
 
 from tools.dev.hf_reference.make_goldens import CLIP_SECONDS, SAMPLE_RATE, features, waveform
 from tools.hf import key_map
-from trainer.data.audio import encoder_token_count
 from trainer.model.config import ModelConfig
+from trainer.model.geometry import encoder_token_count
 from trainer.model.params import load_param_tree
 from trainer.model.thinker import Thinker, check_audio_placeholders
 

@@ -22,10 +22,10 @@ from tests.model.helpers import (
 )
 from tools.hf import key_map
 from trainer.config import load_experiment
-from trainer.data.audio import encoder_token_count
 from trainer.model import moe, sharding
 from trainer.model.config import ModelConfig
 from trainer.model.generate import greedy_generate
+from trainer.model.geometry import encoder_token_count
 from trainer.model.loss import thinker_loss
 from trainer.model.params import abstract_param_tree, flatten, load_param_tree, param_tree
 from trainer.model.rope import apply_rope, rope_angles

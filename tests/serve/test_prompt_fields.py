@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from inference_server.app import build_app
 from inference_server.config import ServerConfig
 from inference_server.model_engine import ModelEngine, TextSide
-from trainer.data.audio import encoder_token_count, num_frames
+from trainer.data.audio import num_frames
 from trainer.data.text import LANGUAGE_INSTRUCTIONS, asr_prompt_ids, load_tokenizer
+from trainer.model.geometry import encoder_token_count
 
 MODEL = "sawt-asr"
 

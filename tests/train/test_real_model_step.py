@@ -7,7 +7,7 @@ import numpy as np
 from trainer import optim
 from trainer.backend import backend as real_backend
 from trainer.config import load_experiment
-from trainer.data.audio import encoder_token_count
+from trainer.model.geometry import encoder_token_count
 from trainer.train import build_mesh, build_program, to_global
 
 

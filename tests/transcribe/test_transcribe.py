@@ -65,8 +65,9 @@ def test_json_output_formats_and_bad_files(tiny, audio, capsys):
     assert "silent" in err and "sample rate 800 Hz" in err
     assert "4 of 7 files failed" in err
 
-    from trainer.data.audio import encoder_token_count, num_frames
+    from trainer.data.audio import num_frames
     from trainer.data.text import asr_prompt_ids, load_tokenizer
+    from trainer.model.geometry import encoder_token_count
 
     tok = load_tokenizer(tiny / "ckpt")
     for row, seconds in zip(rows, (3.0, 2.5, 2.0), strict=True):
@@ -154,8 +155,9 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, audio, capsys):
 def test_language_and_prompt_change_the_prompt_token_ids(tiny, audio, capsys):
     """The contract: `sawt transcribe --output json --language ar --prompt TEXT` changes prompt_token_ids,
     to exactly the prompt `trainer.data.text` builds for training with that instruction and context."""
-    from trainer.data.audio import encoder_token_count, num_frames
+    from trainer.data.audio import num_frames
     from trainer.data.text import LANGUAGE_INSTRUCTIONS, asr_prompt_ids, load_tokenizer
+    from trainer.model.geometry import encoder_token_count
 
     tok = load_tokenizer(tiny / "ckpt")
     n_audio = int(encoder_token_count(num_frames(3 * SR)))

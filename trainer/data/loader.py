@@ -30,7 +30,7 @@ import grain
 import numpy as np
 
 from trainer.data import batching
-from trainer.data.audio import HOP, NUM_MEL_BINS, encoder_token_count, log_mel
+from trainer.data.audio import HOP, NUM_MEL_BINS, log_mel
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
 from trainer.data.shards import DataError, split_shards
@@ -44,6 +44,7 @@ from trainer.data.text import (
     prompt_length,
     training_row,
 )
+from trainer.model.geometry import encoder_token_count
 
 STATUS_OK = "ok"
 STATUS_PAD = "pad"

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from core.configlib import Frozen
 from core.errors import ConfigError
+from trainer.model.geometry import tokens_per_chunk
 
 DType = Literal["float32", "bfloat16"]
 
@@ -59,11 +60,8 @@ class AudioConfig(Frozen):
 
     @property
     def tokens_per_chunk(self) -> int:
-        """Encoder tokens a full chunk yields: three stride-2 convs, ceil each time (13 for 100 frames)."""
-        n = self.chunk_frames
-        for _ in range(3):
-            n = (n - 1) // 2 + 1
-        return n
+        """Encoder tokens a full chunk yields (13 for 100 frames; `geometry.tokens_per_chunk`)."""
+        return tokens_per_chunk(self.n_window)
 
     @property
     def window_tokens(self) -> int:

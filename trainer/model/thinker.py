@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from trainer.data.audio import encoder_token_count
 from trainer.model.audio_encoder import AudioEncoder
 from trainer.model.config import ModelConfig
 from trainer.model.decoder import TextModel
+from trainer.model.geometry import encoder_token_count
 from trainer.model.layers import Linear
 from trainer.model.sharding import constrain
 
