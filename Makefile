@@ -78,14 +78,15 @@ clean:
 	rm -rf build .pytest_cache .ruff_cache
 
 # AOT plans of the 30B-A3B train step on a v4-32 (slow: several minutes of compile each; docs/benchmarks.md).
+# The preset freezes the audio encoder, so the full fine-tunes say train.freeze=[] themselves.
 PLAN_30B := $(SAWT) plan --config qwen3-omni-30b-a3b --topology v4-32 --seq 512 --frames 3000
 .PHONY: plan-30b
 plan-30b: setup
 	@mkdir -p build/plans
-	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_bf16_fsdp16.json train.global_batch_size=32
+	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_bf16_fsdp16.json train.global_batch_size=32 'train.freeze=[]'
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/frozen_audio_fsdp16.json train.global_batch_size=32 'train.freeze=[audio_encoder]'
 	$(PLAN_30B) --mesh fsdp=4,expert=4 --json build/plans/frozen_audio_fsdp4_expert4.json train.global_batch_size=32 'train.freeze=[audio_encoder]'
-	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_fp32_fsdp16.json train.global_batch_size=32 train.precision.param_dtype=float32
+	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_fp32_fsdp16.json train.global_batch_size=32 'train.freeze=[]' train.precision.param_dtype=float32
 
 # PNG snapshots of the Grafana dashboards (docs/img/) from a fresh tiny training run + loaded server scraped
 # by a local Prometheus (tools/dev/monitoring_stack.py; a few minutes on CPU).

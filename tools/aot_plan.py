@@ -9,7 +9,8 @@ a scanned layer once, see /work/shared/docs/aot-tpu.md) and the predicted step t
 stated MFU.
 
 Run through `sawt plan`, which starts this module in a subprocess with the environment libtpu needs on a
-CPU host: ``JAX_PLATFORMS=cpu TPU_WORKER_HOSTNAMES=localhost TPU_WORKER_ID=0 TPU_SKIP_MDS_QUERY=1``.
+CPU host (`AOT_ENV`). Config choices left to the backend (`model.moe_impl: auto`) are resolved for the
+target's chips, not for this CPU host (`for_target_platform`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ AOT_ENV = {
     "TPU_WORKER_HOSTNAMES": "localhost",
     "TPU_WORKER_ID": "0",
     "TPU_SKIP_MDS_QUERY": "1",
+    # libtpu takes /tmp/libtpu_lockfile to own the host's chips; a compile-only plan owns none, and without
+    # this a second plan on the same machine (parallel tests, two users) fails with "ABORTED: ... lockfile".
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
 
 
@@ -134,8 +138,8 @@ def plan(
     if topology not in TOPOLOGIES:
         raise ValueError(f"unknown topology {topology!r}; known: {', '.join(TOPOLOGIES)}")
     topo = TOPOLOGIES[topology]
-    cfg = load_experiment(config, overrides)
     devices = topology_devices(topo)
+    cfg = for_target_platform(load_experiment(config, overrides), devices[0].platform)
     mesh = build_mesh(cfg.mesh, devices)
     backend = real_backend(cfg)
     mcfg = backend_model_config(cfg)
@@ -164,6 +168,7 @@ def plan(
         "param_dtype": mcfg.param_dtype,
         "compute_dtype": mcfg.compute_dtype,
         "remat": mcfg.remat_policy,
+        "moe_impl": mcfg.moe_impl,
         "params": param_counts(mcfg),
         "hbm_budget_bytes": topo.hbm_budget_bytes,
     }
@@ -213,6 +218,19 @@ def plan(
     return result
 
 
+def for_target_platform(cfg: Any, platform: str) -> Any:
+    """``cfg`` with its backend-dependent ``auto`` choices resolved for ``platform``, the target's chips.
+
+    This process runs on the CPU (``JAX_PLATFORMS=cpu``), so a choice left to ``jax.default_backend()``
+    would plan the CPU program: until this was fixed, ``moe_impl: auto`` compiled the blocked CPU dispatch
+    for the TPU and the 30B plan's temporaries read 5.7 GiB per chip higher than what a TPU runs.
+    """
+    from trainer.model.moe import pick_impl
+
+    model = cfg.model.model_copy(update={"moe_impl": pick_impl(cfg.model.moe_impl, platform)})
+    return cfg.model_copy(update={"model": model})
+
+
 def backend_model_config(cfg: Any) -> Any:
     from trainer.backend import model_config_for
 
@@ -226,7 +244,8 @@ def format_plan(p: dict[str, Any]) -> str:
         f"plan: {p['config']} on {p['topology']} ({p['chips']} chips), mesh {p['mesh']}, "
         f"batch {p['global_batch']} x {p['seq_len']} tokens, {p['audio_frames']} mel frames",
         f"  params {p['params']['total'] / 1e9:.2f} B total, {p['params']['active'] / 1e9:.2f} B active; "
-        f"freeze {p['freeze'] or 'none'}; dtypes {p['param_dtype']}/{p['compute_dtype']}; remat {p['remat']}",
+        f"freeze {p['freeze'] or 'none'}; dtypes {p['param_dtype']}/{p['compute_dtype']}; remat {p['remat']}; "
+        f"MoE dispatch {p['moe_impl']}",
     ]
     if p.get("memory"):
         m = p["memory"]

@@ -13,6 +13,8 @@ def test_plan_tiny_v4_8(tmp_path, capsys):
     plan = json.loads(out.read_text())
     assert plan["fits"] is True
     assert plan["mesh"] == {"data": 1, "fsdp": 4, "expert": 1, "tensor": 1}
+    # `moe_impl: auto` is resolved for the TPU it compiles for, not for this CPU host (issue 16).
+    assert plan["moe_impl"] == "ragged"
     mem = plan["memory"]
     assert mem["argument_bytes"] > 0 and mem["temp_bytes"] > 0
     assert plan["per_chip_bytes"] >= mem["argument_bytes"]

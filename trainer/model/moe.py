@@ -120,11 +120,17 @@ def experts_blocked(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
     return jnp.zeros_like(x_th).at[token_of].add(y * w_sorted[:, None])
 
 
-def pick_impl(impl: str) -> str:
-    """Resolves `auto` by backend: ragged_dot where it is native (TPU/GPU), blocked on CPU."""
+def pick_impl(impl: str, platform: str | None = None) -> str:
+    """Resolves `auto` for `platform`: ragged_dot where it is native (TPU/GPU), blocked on CPU.
+
+    `platform` defaults to `jax.default_backend()`, the chips this process runs on. A program compiled for
+    other chips than the host's (`sawt plan` compiles for TPU on a CPU machine) must pass the target's
+    platform, or it would plan the CPU path: the blocked dispatch gathers a copy of its expert's weights for
+    every 16-row block (1.5 GiB per matmul per chip for the 30B at 32 x 512 tokens), ragged_dot none.
+    """
     if impl != "auto":
         return impl
-    return "blocked" if jax.default_backend() == "cpu" else "ragged"
+    return "blocked" if (platform or jax.default_backend()) == "cpu" else "ragged"
 
 
 IMPLS = {"ragged": experts_ragged, "blocked": experts_blocked, "dense": experts_dense}
