@@ -80,13 +80,23 @@ clean:
 # AOT plans of the 30B-A3B train step on a v4-32 (slow: several minutes of compile each; docs/benchmarks.md).
 # The preset freezes the audio encoder, so the full fine-tunes say train.freeze=[] themselves.
 PLAN_30B := $(SAWT) plan --config qwen3-omni-30b-a3b --topology v4-32 --seq 512 --frames 3000
-.PHONY: plan-30b
+.PHONY: plan-30b plan-guard plan-guard-update
 plan-30b: setup
 	@mkdir -p build/plans
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_bf16_fsdp16.json train.global_batch_size=32 'train.freeze=[]'
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/frozen_audio_fsdp16.json train.global_batch_size=32 'train.freeze=[audio_encoder]'
 	$(PLAN_30B) --mesh fsdp=4,expert=4 --json build/plans/frozen_audio_fsdp4_expert4.json train.global_batch_size=32 'train.freeze=[audio_encoder]'
 	$(PLAN_30B) --mesh fsdp=16 --json build/plans/full_fp32_fsdp16.json train.global_batch_size=32 'train.freeze=[]' train.precision.param_dtype=float32
+
+# The plan guard: run `make plan-guard` before every change to the train step, the model or the sharding.
+# It compiles a reduced 30B-shaped step (real widths, 2+2 layers) for a v4-32 (~5-15 min on 2 cores) and
+# fails when its per-chip TPU memory leaves the committed figures (tests/goldens/plan/); a deliberate
+# change re-records them with `make plan-guard-update` (tools/plan_guard.py).
+plan-guard: setup
+	$(PY) -m tools.plan_guard
+
+plan-guard-update: setup
+	$(PY) -m tools.plan_guard --update
 
 # PNG snapshots of the Grafana dashboards (docs/img/) from a fresh tiny training run + loaded server scraped
 # by a local Prometheus (tools/dev/monitoring_stack.py; a few minutes on CPU).
