@@ -25,3 +25,16 @@ def tiny_checkpoint(tmp_path_factory):
     from helpers.checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def release_checkpoint(tmp_path_factory):
+    """`sawt convert hf-to-orbax` of the release-shaped fixture (tests/helpers/release.py), as stored (bf16).
+    Read-only."""
+    from helpers.release import release_dir
+
+    from tools.convert_hf import hf_to_orbax
+
+    out = tmp_path_factory.mktemp("release-ckpt") / "ckpt"
+    hf_to_orbax(release_dir(), out, log=lambda *_: None, show_progress=False)
+    return out

@@ -126,7 +126,13 @@ class EvalConfig(Frozen):
     every: int = Field(0, ge=0, description="Steps between evaluations (0: only at the end).")
     split: str = Field("validation", description="Data split to decode.")
     max_batches: int = Field(4, ge=1, description="Batches per process to decode per evaluation.")
-    max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
+    max_new_tokens: int = Field(
+        448,
+        ge=1,
+        description="Cap of the greedy decoding budget; the budget itself follows each bucket's audio length "
+        "and the transcript rate measured on the training split (trainer/data/length.py). Hypotheses cut at "
+        "it are counted in the eval record.",
+    )
     log_examples: int = Field(3, ge=0, description="Reference/hypothesis pairs printed per evaluation.")
     at_start: bool = Field(False, description="Also evaluate before the first step (the 'WER before').")
 
@@ -168,16 +174,88 @@ class ExperimentConfig(Frozen):
     )
     load_from: str | None = Field(
         None,
-        description="Start from this model checkpoint (converted HF dir, trainer run dir or step dir) when "
-        "the run has no checkpoint of its own yet.",
+        description="Fine-tune this model checkpoint (converted HF dir, trainer run dir or step dir): its "
+        "architecture (model_config.json) and tokenizer (the files beside it) replace the preset's model "
+        "section and tokenizer.dir; its weights are the start when the run has no checkpoint of its own yet.",
     )
+
+
+# The parts of `model` that describe the architecture; with load_from they come from the checkpoint, while
+# the numerics (dtypes, moe_impl, remat, unrolling) stay the recipe's.
+ARCHITECTURE_FIELDS = ("name", "audio", "text", "tokens")
 
 
 def load_experiment(
     source: str | Path | None, overrides: tuple[str, ...] | list[str] = ()
 ) -> ExperimentConfig:
-    """Loads a preset name or YAML path, then applies ``key=value`` overrides."""
-    return configlib.load(ExperimentConfig, source, overrides, PRESETS_DIR)
+    """Loads a preset name or YAML path, applies ``key=value`` overrides, then `load_from` (see
+    `fine_tune_tree`)."""
+    if source is None:
+        return configlib.load(ExperimentConfig, None, overrides)
+    tree = configlib.load_yaml_tree(source, PRESETS_DIR)
+    keys = []
+    for text in overrides:
+        key, value = configlib.parse_override(text)
+        configlib.set_dotted(tree, key, value)
+        keys.append(key)
+    if tree.get("load_from"):
+        tree = fine_tune_tree(tree, keys)
+    return configlib.build(ExperimentConfig, tree, f"{source} + overrides" if overrides else str(source))
+
+
+def fine_tune_tree(tree: dict, explicit_keys: list[str]) -> dict:
+    """The raw experiment ``tree`` with the architecture and tokenizer of its ``load_from`` checkpoint.
+
+    ``load_from`` means fine-tuning that checkpoint: the preset supplies the recipe (optimizer, schedule,
+    data, buckets, freezing, mesh, numerics), the checkpoint what must match its weights (`ARCHITECTURE_FIELDS`
+    of its model_config.json, and the tokenizer it carries). A model field the user set explicitly
+    (``explicit_keys``: the dotted keys of the command-line overrides) that disagrees with the checkpoint is
+    an error naming it. ``tokenizer.dir`` set explicitly is kept.
+
+    Raises:
+        ConfigError: the checkpoint cannot be read, has no tokenizer, or an explicit model field conflicts.
+    """
+    from trainer.model_checkpoint import companion_dir, load_model_config, resolve_checkpoint
+
+    where = f"load_from={tree['load_from']}"
+    try:
+        root = resolve_checkpoint(tree["load_from"])
+    except FileNotFoundError as err:
+        raise configlib.ConfigError(f"{where}: {err}") from None
+    try:
+        source = load_model_config(root).model_dump(mode="json")
+    except ValueError:
+        # Not a thinker's config (a test backend's stand-in model): nothing to adopt; the backend's own
+        # load_params checks what it loads.
+        return tree
+    for key in explicit_keys:
+        parts = key.split(".")
+        if parts[0] != "model" or len(parts) < 2 or parts[1] not in ARCHITECTURE_FIELDS:
+            continue
+        mine, theirs = _dotted_get(tree, parts), _dotted_get(source, parts[1:])
+        if mine != theirs:
+            raise configlib.ConfigError(
+                f"{key}={mine} conflicts with {where}, whose model has {key}={theirs}: the architecture "
+                "comes from the checkpoint (drop the override, or fine-tune another checkpoint)"
+            )
+    tree = configlib.deep_merge(tree, {})
+    model = tree.setdefault("model", {})
+    for field in ARCHITECTURE_FIELDS:
+        model[field] = source[field]
+    if not any(k == "tokenizer" or k.startswith("tokenizer.") for k in explicit_keys):
+        files = companion_dir(root)
+        if files is None:
+            raise configlib.ConfigError(
+                f"{where}: no tokenizer files beside the checkpoint or in its run directory; set tokenizer.dir"
+            )
+        tree["tokenizer"] = {**tree.get("tokenizer", {}), "dir": str(files)}
+    return tree
+
+
+def _dotted_get(tree: object, parts: list[str]) -> object:
+    for part in parts:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def preset_names() -> list[str]:

@@ -10,7 +10,10 @@ Layout::
 
 A trainer step directory (``RUN/checkpoints/<step>/``) holds the same ``params`` item and
 ``model_config.json``, so `resolve_checkpoint` accepts a model checkpoint, a step directory or a run
-directory (its latest complete step) alike.
+directory (its best step by validation WER, else its latest complete step) alike. A run directory is
+self-describing: ``RUN/model/`` holds the companion files the run trained with (tokenizer, HF config,
+processor and generation configs, `hf_layout.json`) and ``prompt.json``, the prompt it trained on;
+`companion_dir` finds them for any of the three.
 
 `write_params` saves one leaf at a time with Orbax's partial-save API and then merges the pieces into one
 ordinary PyTree checkpoint, so peak memory is one leaf (not the whole model); host arrays are not
@@ -35,6 +38,11 @@ from core.fileio import atomic_write_text
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 HF_LAYOUT_FILE = "hf_layout.json"
+# In a run directory: the companion files the run trained with, and the prompt it trained on.
+RUN_MODEL_DIR = "model"
+PROMPT_FILE = "prompt.json"
+# A trainer step's metadata item (trainer/checkpoint.py), which records the step's validation WER.
+TRAIN_META_FILE = Path("train_meta") / "train_meta.json"
 # Files next to the weights that a model checkpoint carries along (tokenizer, processor, HF config).
 COMPANION_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 WEIGHT_FILE_PATTERN = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*\.safetensors\.index\.json$")
@@ -329,12 +337,22 @@ def _complete_steps(path: Path) -> list[tuple[int, Path]]:
     return sorted((s, p) for s, p in steps if _is_checkpoint(p))
 
 
+def step_wer(step_dir: Path) -> float | None:
+    """The validation WER a trainer step recorded (None when it was not evaluated)."""
+    try:
+        wer = json.loads((step_dir / TRAIN_META_FILE).read_text()).get("wer")
+    except (OSError, ValueError):
+        return None
+    return float(wer) if isinstance(wer, (int, float)) else None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The model checkpoint directory that ``path`` denotes.
 
     Accepts a model checkpoint (``model_config.json`` + ``params/``), a trainer step directory (same
-    layout), or a trainer run directory: then the latest complete numeric step under ``path`` or
-    ``path/checkpoints``.
+    layout), or a trainer run directory: then, of the complete numeric steps under ``path`` or
+    ``path/checkpoints``, the one with the lowest validation WER if any step recorded one (the latest of
+    equals), else the latest.
 
     Raises:
         FileNotFoundError: nothing usable there, with what was looked for.
@@ -347,12 +365,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for candidate in (path, path / "checkpoints"):
         if candidate.is_dir():
             steps = _complete_steps(candidate)
+            scored = [(wer, step, p) for step, p in steps if (wer := step_wer(p)) is not None]
+            if scored:
+                return min(scored, key=lambda x: (x[0], -x[1]))[2]
             if steps:
                 return steps[-1][1]
     raise FileNotFoundError(
         f"{path}: not a model checkpoint (needs {MODEL_CONFIG_FILE} and {PARAMS_DIR}/), nor a run directory "
         "with complete numeric step directories (in it or in checkpoints/)"
     )
+
+
+def companion_dir(checkpoint: str | Path) -> Path | None:
+    """Where the companion files of a checkpoint are (tokenizer, HF config, processor files), or None.
+
+    Beside its params for a converted checkpoint; ``RUN/model/`` for a trainer run directory, its
+    ``checkpoints/`` directory or one of its step directories.
+    """
+    from trainer.data.text import has_tokenizer
+
+    path = Path(checkpoint)
+    for candidate in (
+        path,
+        path / RUN_MODEL_DIR,
+        path.parent / RUN_MODEL_DIR,
+        path.parent.parent / RUN_MODEL_DIR,
+    ):
+        if has_tokenizer(candidate):
+            return candidate
+    return None
 
 
 def load_model_config(directory: str | Path) -> Any:
