@@ -10,6 +10,8 @@ them per scanned layer); where unset, the model section's values hold.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -61,9 +63,10 @@ def backend(cfg: ExperimentConfig) -> Backend:
 
     def tok() -> Any:
         if "tok" not in tokenizer:
-            from trainer.data.text import load_tokenizer
+            from trainer.data.text import check_model_ids, load_tokenizer
 
             tokenizer["tok"] = load_tokenizer(cfg.tokenizer.dir)
+            check_model_ids(tokenizer["tok"], mcfg, f"tokenizer.dir={cfg.tokenizer.dir}")
         return tokenizer["tok"]
 
     def make_data(split: str, process_index: int, process_count: int, rows: int) -> Any:
@@ -94,6 +97,9 @@ def backend(cfg: ExperimentConfig) -> Backend:
             raise ValueError(f"load_from={path}: its model_config.json does not match the experiment's model")
         return jax.tree.map(np.asarray, params)
 
+    def write_run_files(run_dir: Path) -> None:
+        write_model_files(cfg, tok(), run_dir)
+
     def flops_per_step(shapes: dict[str, tuple[int, ...]]) -> float:
         from trainer.flops import train_flops_per_step
 
@@ -113,4 +119,48 @@ def backend(cfg: ExperimentConfig) -> Backend:
         flops_per_step=flops_per_step,
         handles_remat=True,
         dtypes=(mcfg.param_dtype, mcfg.compute_dtype),
+        write_run_files=write_run_files,
     )
+
+
+def write_model_files(cfg: ExperimentConfig, tok: Any, run_dir: Path) -> Path:
+    """Records in ``RUN/model/`` what the run's checkpoints need besides their weights (interfaces §6).
+
+    The companion files of the ``load_from`` checkpoint (HF config, generation and processor configs, the
+    HF naming in hf_layout.json), then the tokenizer the run trains with over them, and ``prompt.json``:
+    the instruction and its rendering. Replaced as a whole, so it always describes the current start.
+    """
+    import shutil
+
+    from core.fileio import atomic_write_json
+    from trainer.data.text import TOKENIZER_FILES, prompt_record
+    from trainer.model_checkpoint import (
+        HF_LAYOUT_FILE,
+        PROMPT_FILE,
+        RUN_MODEL_DIR,
+        companion_dir,
+        copy_companion_files,
+        resolve_checkpoint,
+    )
+
+    dest = run_dir / RUN_MODEL_DIR
+    staging = run_dir / f".{RUN_MODEL_DIR}.writing"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    source = None
+    if cfg.load_from:
+        source = companion_dir(resolve_checkpoint(cfg.load_from))
+        if source is not None:
+            copy_companion_files(source, staging)
+            if (source / HF_LAYOUT_FILE).is_file():
+                shutil.copy2(source / HF_LAYOUT_FILE, staging / HF_LAYOUT_FILE)
+    tokenizer_dir = Path(cfg.tokenizer.dir)
+    if source is None or tokenizer_dir.resolve() != source.resolve():
+        for f in staging.iterdir():  # the tokenizer in use replaces the source's, file set and all
+            if f.name in TOKENIZER_FILES:
+                f.unlink()
+        copy_companion_files(tokenizer_dir, staging)
+    atomic_write_json(staging / PROMPT_FILE, prompt_record(tok, cfg.data.instruction))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(staging, dest)
+    return dest

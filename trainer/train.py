@@ -63,6 +63,8 @@ class Backend:
         handles_remat: the model applies ``train.remat`` itself (per scanned layer); otherwise the step
             wraps the whole forward pass in ``jax.checkpoint``.
         dtypes: the model's (param, compute) dtypes, used where ``train.precision`` leaves them unset.
+        write_run_files: run directory -> None; records what serving the run needs besides its weights (the
+            companion files it trains with and the prompt), so the run directory describes itself.
     """
 
     init_params: Callable[[int], Any]
@@ -77,6 +79,7 @@ class Backend:
     flops_per_step: Callable[[dict[str, tuple[int, ...]]], float] | None = None
     handles_remat: bool = False
     dtypes: tuple[str, str] = ("float32", "float32")
+    write_run_files: Callable[[Path], None] | None = None
 
 
 class NonFiniteError(RuntimeError):
@@ -333,7 +336,7 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
 
     Args:
         cfg: the experiment config.
-        run_dir: the run directory (config.yaml, metrics.jsonl, checkpoints/, summary.json).
+        run_dir: the run directory (config.yaml, model/, metrics.jsonl, checkpoints/, summary.json).
         backend: model functions and data.
 
     Returns:
@@ -344,6 +347,8 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if primary:
         atomic_write_text(run_dir / "config.yaml", configlib.dump(cfg))
+        if backend.write_run_files is not None:
+            backend.write_run_files(run_dir)
     preemption = Preemption(cfg.checkpoint.sigterm_grace_seconds)
     preemption.install()
 
@@ -451,6 +456,8 @@ def _train(
             "loss": last_loss,
             "data_states": _gather_json(data.get_state()),
             "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
+            # Orbax keeps the metric only in memory; recorded here, `resolve_checkpoint` finds the best step.
+            "wer": wer,
         }
         checkpointer.save(at, state, meta, backend.model_config, wer=wer)
         if wait:

@@ -82,6 +82,19 @@ class TokenizerError(ValueError):
 # What a loadable HF tokenizer directory holds: a serialized fast tokenizer, or the BPE files it is built from
 # (the published Qwen3-Omni release ships vocab.json + merges.txt and no tokenizer.json).
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+# Every file an HF tokenizer directory may hold (what replaces a tokenizer as a whole).
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.json",
+        "chat_template.jinja",
+    }
+)
 # Where a checkpoint's processor template lives, in the order HF's processor prefers them; the tokenizer's
 # own template (tokenizer_config.json) is the fallback.
 PROCESSOR_TEMPLATE_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja")
@@ -147,6 +160,33 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         endoftext_id=special("<|endoftext|>"),
         vocab_size=len(hf),
     )
+
+
+def check_model_ids(tok: Tokenizer, model_config: Any, where: str) -> None:
+    """Checks that the tokenizer and the model agree on the ids the model itself uses.
+
+    A tokenizer from another checkpoint would otherwise train or decode silently wrong: the model splices
+    audio where its config's ``audio_token_id`` stands, whatever the tokenizer calls ``<|audio_pad|>``.
+
+    Raises:
+        TokenizerError: naming the first id that differs, or a tokenizer larger than the embedding.
+    """
+    ids = model_config.tokens
+    for name, mine, theirs in (
+        ("<|audio_pad|>", tok.audio_pad_id, ids.audio_token_id),
+        ("<|audio_start|>", tok.audio_start_id, ids.audio_start_token_id),
+        ("<|audio_end|>", tok.audio_end_id, ids.audio_end_token_id),
+    ):
+        if mine != theirs:
+            raise TokenizerError(
+                f"{where}: the tokenizer's {name} is id {mine}, the model's config says {theirs} "
+                f"(tokenizer {tok.directory} does not belong to this model)"
+            )
+    if tok.vocab_size > model_config.text.vocab_size:
+        raise TokenizerError(
+            f"{where}: the tokenizer has {tok.vocab_size} ids, the model's embedding only "
+            f"{model_config.text.vocab_size} rows"
+        )
 
 
 def processor_chat_template(path: Path) -> str | None:
@@ -308,6 +348,39 @@ def prompt_length(
 def audio_offset(tok: Tokenizer, instruction: str = DEFAULT_INSTRUCTION, context: str | None = None) -> int:
     """Index of the first ``<|audio_pad|>`` in the prompt (the same for every clip of one prompt)."""
     return len(_prompt_parts(tok, instruction, context)[0])
+
+
+def prompt_record(tok: Tokenizer, instruction: str) -> dict[str, Any]:
+    """What a run directory records about the prompt it trains on (``RUN/model/prompt.json``).
+
+    The instruction is what the prompt is made from; the rendering (one ``<|audio_pad|>``, before the
+    processor expands it) lets a server check that its tokenizer and template rebuild exactly that prompt.
+    """
+    rendered = tok.hf.apply_chat_template(
+        asr_messages(instruction), add_generation_prompt=True, tokenize=False
+    )
+    before, after = _prompt_parts(tok, instruction)
+    return {"instruction": instruction, "rendered": rendered, "ids_around_audio": [before, after]}
+
+
+def check_prompt_record(tok: Tokenizer, record: dict[str, Any], where: str) -> str:
+    """The instruction of a recorded prompt, after checking that ``tok`` renders it as recorded.
+
+    Raises:
+        TokenizerError: the record is malformed, or the tokenizer/template in use renders another prompt.
+    """
+    instruction = record.get("instruction") if isinstance(record, dict) else None
+    if not isinstance(instruction, str):
+        raise TokenizerError(f"{where}: no instruction recorded")
+    now = prompt_record(tok, instruction)
+    if "ids_around_audio" in record and [list(p) for p in record["ids_around_audio"]] != [
+        list(p) for p in now["ids_around_audio"]
+    ]:
+        raise TokenizerError(
+            f"{where}: the tokenizer in {tok.directory} renders another prompt than the run trained on "
+            f"({now['rendered']!r} vs {record.get('rendered')!r})"
+        )
+    return instruction
 
 
 @dataclass(frozen=True)
