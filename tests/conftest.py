@@ -33,7 +33,7 @@ def release_checkpoint(tmp_path_factory):
     Read-only."""
     from helpers.release import release_dir
 
-    from tools.convert_hf import hf_to_orbax
+    from tools.hf.convert import hf_to_orbax
 
     out = tmp_path_factory.mktemp("release-ckpt") / "ckpt"
     hf_to_orbax(release_dir(), out, log=lambda *_: None, show_progress=False)

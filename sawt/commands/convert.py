@@ -40,23 +40,48 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     to_hf = conv.add_parser(
         "orbax-to-hf",
-        help="model checkpoint -> HF safetensors (for vLLM)",
+        help="model checkpoint -> HF release directory (transformers, vLLM)",
         description="Export a model checkpoint, a trainer step directory, or a trainer run directory (its "
-        "latest complete step) to HF safetensors with the original key names, sharded with "
-        "model.safetensors.index.json like save_pretrained. Tokenizer and config files are copied. "
-        "HF -> Orbax -> HF is bit-exact.",
+        "best step by validation WER, else its latest complete step) as a complete HF directory: sharded "
+        "safetensors with model.safetensors.index.json and the original key names, config.json, the "
+        "tokenizer files, chat template, preprocessor_config.json and generation_config.json. With --base "
+        "RELEASE the export is a drop-in replacement for that release: its config.json and shard layout, "
+        "every tensor sawt does not hold (thinker.visual.*, talker.*, code2wav.*) copied byte for byte, the "
+        "fine-tuned ones in the release's dtypes. Without --base: the thinker alone "
+        "(enable_audio_output false; see docs/convert.md for what loaders need). Streams one leaf at a "
+        "time. HF -> Orbax -> HF is bit-exact.",
+        epilog="example:\n  sawt convert orbax-to-hf --ckpt runs/ar-asr --out /models/ar-asr-hf "
+        "--base /models/Qwen3-Omni-30B-A3B-Instruct",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     to_hf.add_argument("--ckpt", required=True, metavar="DIR", help="model checkpoint, step dir or run dir")
     to_hf.add_argument("--out", required=True, metavar="DIR", help="HF directory to create (new or empty)")
     to_hf.add_argument(
+        "--base",
+        metavar="RELEASE_DIR",
+        default=None,
+        help="the HF release the checkpoint came from: keep its config.json, shards and every tensor sawt "
+        "does not train",
+    )
+    to_hf.add_argument(
+        "--dtype",
+        choices=("bf16", "fp32"),
+        default=None,
+        help="dtype of the tensors sawt writes; default: the base's (or the converted source's) dtypes",
+    )
+    to_hf.add_argument(
         "--prefix",
         choices=("auto", "thinker", "none"),
         default="auto",
-        help="key names: 'thinker.'-prefixed like the released checkpoint, or bare like save_pretrained of "
-        "the thinker alone; auto (default) uses the converted source's layout, else 'thinker.'",
+        help="key names without --base: 'thinker.'-prefixed like the released checkpoint, or bare like "
+        "save_pretrained of the thinker alone; auto (default) uses the converted source's layout, else "
+        "'thinker.'",
     )
     to_hf.add_argument(
-        "--max-shard-gb", type=float, default=5.0, help="largest shard size in GB (default: 5, as HF)"
+        "--max-shard-gb",
+        type=float,
+        default=5.0,
+        help="largest shard size in GB without --base (default: 5, as HF)",
     )
     to_hf.add_argument("--quiet", action="store_true", help="print only the JSON summary")
     to_hf.set_defaults(func=_run)

@@ -17,84 +17,9 @@ import numpy as np
 
 from tools.hf.layout import leaf_specs
 from tools.hf.safetensors_io import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
+from tools.hf_config import hf_config_dict
 
 DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp32": np.dtype(np.float32)}
-
-
-def hf_config_dict(config, *, wrapped: bool = True) -> dict:
-    """An HF config.json dict for a `ModelConfig` (``thinker_config`` wrapper like the release, or bare)."""
-    t, a, ids = config.text, config.audio, config.tokens
-    # Vision ids: the demo tokenizer's (interface 3) for small vocabularies, else the released model's.
-    vision = (6, 7, 8, 9) if t.vocab_size <= 1024 else (151652, 151653, 151655, 151656)
-    thinker = {
-        "model_type": "qwen3_omni_moe_thinker",
-        "audio_token_id": ids.audio_token_id,
-        "audio_start_token_id": ids.audio_start_token_id,
-        "audio_end_token_id": ids.audio_end_token_id,
-        # HF reads these even for audio-only input (get_rope_index), so a loadable config needs them.
-        "vision_start_token_id": vision[0],
-        "vision_end_token_id": vision[1],
-        "image_token_id": vision[2],
-        "video_token_id": vision[3],
-        "position_id_per_seconds": 13,
-        "tie_word_embeddings": False,
-        "text_config": {
-            "vocab_size": t.vocab_size,
-            "hidden_size": t.hidden_size,
-            "num_hidden_layers": t.num_hidden_layers,
-            "num_attention_heads": t.num_attention_heads,
-            "num_key_value_heads": t.num_key_value_heads,
-            "head_dim": t.head_dim,
-            "num_experts": t.num_experts,
-            "num_experts_per_tok": t.num_experts_per_tok,
-            "moe_intermediate_size": t.moe_intermediate_size,
-            "intermediate_size": t.moe_intermediate_size,
-            "norm_topk_prob": t.norm_topk_prob,
-            "rms_norm_eps": t.rms_norm_eps,
-            "hidden_act": "silu",
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": t.rope_theta,
-                "mrope_section": list(t.mrope_section),
-                "interleaved": True,
-                "mrope_interleaved": True,
-            },
-            "max_position_embeddings": t.max_position_embeddings,
-            "router_aux_loss_coef": t.router_aux_loss_coef,
-            "eos_token_id": list(ids.eos_token_ids),
-            "pad_token_id": ids.pad_token_id,
-            "tie_word_embeddings": False,
-        },
-        "audio_config": {
-            "num_mel_bins": a.num_mel_bins,
-            "d_model": a.d_model,
-            "encoder_layers": a.encoder_layers,
-            "encoder_attention_heads": a.encoder_attention_heads,
-            "encoder_ffn_dim": a.encoder_ffn_dim,
-            "downsample_hidden_size": a.downsample_hidden_size,
-            "n_window": a.n_window,
-            "n_window_infer": a.n_window_infer,
-            "max_source_positions": a.max_source_positions,
-            "output_dim": a.output_dim,
-            "activation_function": "gelu",
-        },
-        # A one-block vision tower: HF builds one even for audio-only use; the default is 0.5 B params.
-        "vision_config": {
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": t.hidden_size,
-            "deepstack_visual_indexes": [],
-        },
-    }
-    if not wrapped:
-        return thinker
-    return {
-        "model_type": "qwen3_omni_moe",
-        "architectures": ["Qwen3OmniMoeForConditionalGeneration"],
-        "thinker_config": thinker,
-    }
 
 
 def visual_tensors(width: int = 32) -> list[tuple[str, tuple[int, ...]]]:
@@ -117,14 +42,19 @@ def write_synthetic_hf(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     seed: int = 0,
     scale: float = 0.05,
+    extra: dict[str, tuple[int, ...]] | None = None,
 ) -> Path:
-    """Writes config.json and safetensors shards (index when several) for ``config``; returns ``out``."""
+    """Writes config.json and safetensors shards (index when several) for ``config``; returns ``out``.
+
+    ``extra``: more tensors by full name and shape (e.g. a `talker.*` one an export must copy unchanged).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     np_dtype = DTYPES[dtype]
     shapes = [(prefix + key, spec.hf_shape) for spec in leaf_specs(config) for _, key in spec.hf_keys()]
     if with_visual:
         shapes += [(prefix + k, s) for k, s in visual_tensors()]
+    shapes += list((extra or {}).items())
     writer = ShardedWriter(out, [PlannedTensor(k, np_dtype, s) for k, s in shapes], max_shard_bytes)
     rng = np.random.default_rng(seed)
     for key, shape in shapes:

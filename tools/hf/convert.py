@@ -25,10 +25,13 @@ import numpy as np
 from tools.hf.layout import SKIPPED_GROUPS, LeafSpec, leaf_specs
 from tools.hf.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES,
+    INDEX_FILE,
+    SINGLE_FILE,
     PlannedTensor,
     ShardedWriter,
     TensorInfo,
     open_checkpoint,
+    plan_shards,
     read_rows,
     read_tensor,
 )
@@ -253,28 +256,167 @@ def hf_to_orbax(
     }
 
 
+# Files of an HF release directory besides config.json and the weights, taken from the run (what it trained
+# with) or, when the run lacks one, from --base.
+EXPORT_FILES = ("generation_config.json", "preprocessor_config.json")
+
+
+@dataclass
+class ExportPlan:
+    """What an export writes: where each tensor goes, and which ones come byte for byte from the base."""
+
+    shards: list[tuple[str, list[PlannedTensor]]]
+    held: dict[str, tuple[LeafSpec, tuple[int, ...]]]  # tensors sawt holds: full key -> (leaf, slice index)
+    copied: dict[str, TensorInfo]  # tensors taken unchanged from the base
+    prefix: str
+
+
+def _held_tensors(specs: list[LeafSpec], prefix: str) -> dict[str, tuple[LeafSpec, tuple[int, ...]]]:
+    return {prefix + key: (spec, idx) for spec in specs for idx, key in spec.hf_keys()}
+
+
+def _base_shards(base: Path) -> list[tuple[str, list[TensorInfo]]]:
+    """The base's shard files in order, each with its tensors in file order."""
+    tensors = open_checkpoint(base)
+    files: dict[str, list[TensorInfo]] = {}
+    for info in tensors.values():
+        files.setdefault(info.file.name, []).append(info)
+    return [(name, sorted(infos, key=lambda t: t.offset)) for name, infos in sorted(files.items())]
+
+
+def check_base_matches(base: Path, config) -> None:
+    """Checks that the base release has the checkpoint's architecture (the export keeps its config.json).
+
+    Raises:
+        ConversionError: naming the first field that differs.
+    """
+    from trainer.model.config import ModelConfig
+
+    theirs = ModelConfig.from_hf_json(base)
+    for section in ("audio", "text", "tokens"):
+        mine_d, theirs_d = getattr(config, section).model_dump(), getattr(theirs, section).model_dump()
+        for key, value in mine_d.items():
+            if section == "tokens" and key in ("eos_token_ids", "pad_token_id"):
+                continue  # generation settings, not weights
+            if theirs_d.get(key) != value:
+                raise ConversionError(
+                    f"--base {base}: its config.json has {section}.{key}={theirs_d.get(key)}, the checkpoint "
+                    f"{value}; export onto the release this checkpoint was converted from"
+                )
+
+
+def plan_export(
+    specs: list[LeafSpec],
+    stored: dict[tuple[str, ...], np.dtype],
+    *,
+    base: Path | None,
+    prefix: str,
+    dtype: np.dtype | None,
+    source_dtypes: dict[str, str],
+    max_shard_bytes: int,
+) -> ExportPlan:
+    """Where every tensor of the export goes.
+
+    With a base, the export mirrors it exactly: its shard files, its tensors in its order and dtypes; the
+    tensors sawt holds replace the base's (cast to the base's dtype, or ``dtype``), all others are copied.
+    Without one: sawt's tensors in table order, in the source's dtypes (hf_layout.json), else as stored.
+
+    Raises:
+        ConversionError: the base lacks a tensor sawt holds, or holds a thinker tensor sawt does not know.
+    """
+    if base is None:
+        held = _held_tensors(specs, prefix)
+
+        def out_dtype(key: str, spec: LeafSpec) -> np.dtype:
+            if dtype is not None:
+                return dtype
+            if key in source_dtypes:
+                return (
+                    np.dtype(ml_dtypes.bfloat16)
+                    if source_dtypes[key] == "bfloat16"
+                    else np.dtype(source_dtypes[key])
+                )
+            return stored[spec.path]
+
+        plan = [PlannedTensor(k, out_dtype(k, spec), spec.hf_shape) for k, (spec, _) in held.items()]
+        cut = plan_shards(plan, max_shard_bytes)
+        names = (
+            [SINGLE_FILE]
+            if len(cut) == 1
+            else [f"model-{i + 1:05d}-of-{len(cut):05d}.safetensors" for i in range(len(cut))]
+        )
+        return ExportPlan(list(zip(names, cut, strict=True)), held, {}, prefix)
+    shards = _base_shards(base)
+    names = {t.name for _, infos in shards for t in infos}
+    prefix = THINKER_PREFIX if any(n.startswith(THINKER_PREFIX) for n in names) else ""
+    held = _held_tensors(specs, prefix)
+    missing = sorted(set(held) - names)
+    if missing:
+        raise ConversionError(f"--base {base}: has no tensor {missing[0]}, which the checkpoint holds")
+    unknown = sorted(n for n in names if n not in held and _group(n) is None)
+    if unknown:
+        raise ConversionError(
+            f"--base {base}: tensor {unknown[0]} is part of the thinker but not of the checkpoint's key map"
+        )
+    copied: dict[str, TensorInfo] = {}
+    layout = []
+    for file, infos in shards:
+        planned = []
+        for info in infos:
+            if info.name in held:
+                spec = held[info.name][0]
+                if info.shape != spec.hf_shape:
+                    raise ConversionError(
+                        f"--base {base}: tensor {info.name} has shape {list(info.shape)}, the checkpoint "
+                        f"{list(spec.hf_shape)}"
+                    )
+                planned.append(
+                    PlannedTensor(info.name, dtype if dtype is not None else info.dtype, info.shape)
+                )
+            else:
+                copied[info.name] = info
+                planned.append(PlannedTensor(info.name, info.dtype, info.shape))
+        layout.append((file, planned))
+    return ExportPlan(layout, held, copied, prefix)
+
+
 def orbax_to_hf(
     ckpt: str | Path,
     out_dir: str | Path,
     *,
+    base: str | Path | None = None,
+    dtype: str | None = None,
     prefix: str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     log=print,
     show_progress: bool = True,
 ) -> dict:
-    """Exports a model checkpoint (or trainer run/step directory) to HF safetensors with HF key names.
+    """Exports a model checkpoint, trainer step or run directory as a complete HF directory.
+
+    Writes sharded safetensors + `model.safetensors.index.json`, `config.json`, the tokenizer files,
+    `chat_template.json`, `preprocessor_config.json` and `generation_config.json` (docs/convert.md).
+
+    With ``base`` (the release the checkpoint came from) the export is a drop-in replacement for it: the
+    base's config.json and shard layout, every tensor sawt does not hold (`thinker.visual.*`, `talker.*`,
+    `code2wav.*`) copied byte for byte, sawt's tensors in the base's dtypes. Without it: the thinker alone
+    (`enable_audio_output: false`).
+
+    Memory: one leaf of the checkpoint (a slice of it for checkpoints `sawt convert` wrote) plus one HF
+    tensor; base tensors are copied file to file in bounded blocks.
 
     Args:
-        ckpt: anything `resolve_checkpoint` accepts.
+        ckpt: anything `resolve_checkpoint` accepts (a run directory: its best step by WER, else latest).
         out_dir: the HF directory to create (must not exist or be empty).
-        prefix: key prefix (``"thinker."`` or ``""``); default: what the converted source used, else
-            ``"thinker."`` (the released checkpoint's layout).
-        max_shard_bytes: shard size; a single `model.safetensors` when everything fits.
+        base: an HF release directory to complete the export from.
+        dtype: "bf16" or "fp32" for the tensors sawt writes; default: the base's dtypes, else the source's.
+        prefix: key prefix without a base (``"thinker."`` or ``""``); default: what the converted source
+            used, else ``"thinker."`` (the release's layout).
+        max_shard_bytes: shard size without a base; a single `model.safetensors` when everything fits.
     """
     from core.progress import progress
     from trainer.model_checkpoint import (
         PARAMS_DIR,
-        copy_companion_files,
+        companion_dir,
         load_model_config,
         params_metadata,
         read_hf_layout,
@@ -286,10 +428,15 @@ def orbax_to_hf(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty")
+    base = Path(base) if base is not None else None
+    if base is not None and not (base / "config.json").is_file():
+        raise FileNotFoundError(f"--base {base}: no config.json (expected the HF release directory)")
     config = load_model_config(root)
-    layout = read_hf_layout(root)
-    if prefix is None:
-        prefix = layout.get("prefix", THINKER_PREFIX)
+    files = companion_dir(root)
+    layout = read_hf_layout(files) if files is not None else {}
+    layout = layout or read_hf_layout(root)
+    if base is not None:
+        check_base_matches(base, config)
     specs = leaf_specs(config)
     meta = params_metadata(root)
     for spec in specs:
@@ -300,34 +447,132 @@ def orbax_to_hf(
                 f"{root}: parameter {'/'.join(spec.path)} has shape {list(meta[spec.path][0])}, "
                 f"model_config.json implies {list(spec.shape)}"
             )
-    plan = [
-        PlannedTensor(prefix + key, meta[spec.path][1], spec.hf_shape)
-        for spec in specs
-        for _, key in spec.hf_keys()
-    ]
+    plan = plan_export(
+        specs,
+        {path: m[1] for path, m in meta.items()},
+        base=base,
+        prefix=layout.get("prefix", THINKER_PREFIX) if prefix is None else prefix,
+        dtype=DTYPES[dtype] if dtype else None,
+        source_dtypes=layout.get("dtypes", {}),
+        max_shard_bytes=max_shard_bytes,
+    )
+    planned = {t.name: t for _, ts in plan.shards for t in ts}
     staging = out_dir.with_name(out_dir.name + ".exporting")
     shutil.rmtree(staging, ignore_errors=True)
-    writer = ShardedWriter(staging, plan, max_shard_bytes)
+    writer = ShardedWriter(staging, shards=plan.shards)
     bar = progress(None, total=writer.total_bytes, desc="orbax-to-hf", unit="B") if show_progress else None
     try:
+        keys_of: dict[tuple[str, ...], list[tuple[tuple[int, ...], str]]] = {}
+        for key, (spec, idx) in plan.held.items():
+            keys_of.setdefault(spec.path, []).append((idx, key))
         for spec in specs:
             leaf = _open_leaf(root / PARAMS_DIR, spec.path, read_params)
-            for idx, key in spec.hf_keys():
-                tensor = spec.to_hf(np.asarray(leaf[idx]))
-                writer.write(prefix + key, tensor)
-                if bar is not None:
-                    bar.update(tensor.nbytes)
+            for idx, key in keys_of[spec.path]:
+                dtype_out = planned[key].dtype
+                for first_row, block in _hf_blocks(spec, leaf, idx):
+                    block = block.astype(dtype_out, copy=False)
+                    writer.write(key, block, first_row)
+                    if bar is not None:
+                        bar.update(block.nbytes)
+                    del block
             del leaf
-        writer.close()
+        for name, info in plan.copied.items():
+            writer.copy(name, info)
+            if bar is not None:
+                bar.update(info.nbytes)
+        writer.close(index_metadata=_index_metadata(base) if base is not None else None)
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
-    copy_companion_files(root, staging)
+    written = _write_export_files(staging, config, files, base)
     if out_dir.exists():
         out_dir.rmdir()
     os.rename(staging, out_dir)
-    log(f"wrote {len(plan)} tensors ({writer.total_bytes / 1e9:.2f} GB) to {out_dir}")
-    return {"tensors": len(plan), "bytes": writer.total_bytes, "prefix": prefix}
+    log(
+        f"wrote {len(plan.held)} tensors from the checkpoint and {len(plan.copied)} from the base "
+        f"({writer.total_bytes / 1e9:.2f} GB) and {', '.join(written)} to {out_dir}"
+    )
+    return {
+        "tensors": len(plan.held) + len(plan.copied),
+        "from_checkpoint": len(plan.held),
+        "from_base": len(plan.copied),
+        "bytes": writer.total_bytes,
+        "prefix": plan.prefix,
+        "checkpoint": str(root),
+        "files": written,
+    }
+
+
+def _hf_blocks(spec: LeafSpec, leaf, idx: tuple[int, ...]):
+    """One HF tensor of a leaf slice, as ``(first row or None, array)`` pieces.
+
+    Big unstacked 2-D leaves (embedding, lm_head) come in row blocks of the HF tensor, read as slices of the
+    leaf, so neither the leaf nor its transpose is ever whole in memory (the import's blocks, reversed).
+    """
+    if spec.stack or spec.kind not in ("copy", "T") or len(spec.hf_shape) != 2:
+        yield None, spec.to_hf(np.asarray(leaf[idx]))
+        return
+    n_rows, n_cols = spec.hf_shape
+    rows = max(1, min(n_rows, BLOCK_BYTES // max(1, n_cols * 4)))
+    for start in range(0, n_rows, rows):
+        stop = min(start + rows, n_rows)
+        if spec.kind == "T":  # kernel [in, out]: HF rows are kernel columns
+            yield start, np.ascontiguousarray(np.asarray(leaf[:, start:stop]).T)
+        else:
+            yield start, np.asarray(leaf[start:stop])
+
+
+def _index_metadata(base: Path) -> dict:
+    index = base / INDEX_FILE
+    return json.loads(index.read_text()).get("metadata", {}) if index.is_file() else {}
+
+
+def _write_export_files(out: Path, config, files: Path | None, base: Path | None) -> list[str]:
+    """config.json, tokenizer, chat template, preprocessor and generation configs of an export."""
+    from core.fileio import atomic_write_json
+    from tools.hf_config import PREPROCESSOR_CONFIG, generation_config_dict, hf_config_dict, thinker_only
+    from trainer.data.text import TOKENIZER_FILES
+
+    written = []
+
+    def put(name: str, source: Path) -> None:
+        shutil.copy2(source, out / name)
+        written.append(name)
+
+    if base is not None:
+        put("config.json", base / "config.json")
+    elif files is not None and (files / "config.json").is_file():
+        atomic_write_json(out / "config.json", thinker_only(json.loads((files / "config.json").read_text())))
+        written.append("config.json")
+    else:
+        atomic_write_json(out / "config.json", thinker_only(hf_config_dict(config)))
+        written.append("config.json")
+    for name in sorted(TOKENIZER_FILES):
+        if files is not None and (files / name).is_file():
+            put(name, files / name)
+    for name in EXPORT_FILES:
+        if files is not None and (files / name).is_file():
+            put(name, files / name)
+        elif base is not None and (base / name).is_file():
+            put(name, base / name)
+        elif name == "generation_config.json":
+            atomic_write_json(out / name, generation_config_dict(config))
+            written.append(name)
+        else:
+            atomic_write_json(out / name, PREPROCESSOR_CONFIG)
+            written.append(name)
+    if base is not None:  # the processor template, when the run's tokenizer came without one
+        for name in ("chat_template.json", "chat_template.jinja"):
+            if (
+                name not in written
+                and (base / name).is_file()
+                and not any(n.startswith("chat_template") for n in written)
+            ):
+                put(name, base / name)
+    return written
 
 
 class _ZarrLeaf:
@@ -368,12 +613,14 @@ def main(args: argparse.Namespace) -> int:
             summary = orbax_to_hf(
                 args.ckpt,
                 args.out,
+                base=args.base,
+                dtype=args.dtype,
                 prefix=prefix,
                 max_shard_bytes=int(args.max_shard_gb * 1e9),
                 log=log,
                 show_progress=not quiet,
             )
-    except (ConversionError, SafetensorsError, FileExistsError) as err:
+    except (ConversionError, SafetensorsError, FileExistsError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     print(json.dumps(summary))
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # HF's `save_pretrained` default shard size (5 GB, decimal).
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
+# Copies between files move at most this much per system call (bounded memory on the read/write fallback).
+COPY_BLOCK_BYTES = 64 << 20
 
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -198,42 +200,58 @@ def plan_shards(tensors: Iterable[PlannedTensor], max_shard_bytes: int) -> list[
 
 
 class ShardedWriter:
-    """Writes planned tensors, in plan order, into HF-style shards plus `model.safetensors.index.json`.
+    """Writes planned tensors into HF-style shards plus `model.safetensors.index.json`, in any order.
 
-    The headers are written first (every shape is known up front), then each tensor's bytes are appended as
-    it arrives, so only one tensor is ever in memory. Files are written under temporary names and renamed
-    on `close`, so an interrupted export leaves no half-written shard that looks complete.
+    Every shape is known up front, so each shard's header and each tensor's byte range are fixed before any
+    data arrives: the files are created at full size with their headers, and each tensor is written at its
+    own offset when it comes (`write`), or copied byte for byte from another safetensors file (`copy`).
+    Only one tensor is ever in memory, whatever order the caller produces them in. Files are written under
+    temporary names and renamed on `close`, once every planned tensor was written, so an interrupted export
+    leaves no half-written shard that looks complete.
+
+    Args:
+        directory: where the shards go (created).
+        plan: the tensors, cut into shards of at most ``max_shard_bytes`` in this order; or
+        shards: an explicit layout, ``[(file name, [tensors in file order]), ...]`` (to mirror another
+            checkpoint's shards exactly).
     """
 
     def __init__(
         self,
         directory: str | Path,
-        plan: list[PlannedTensor],
+        plan: list[PlannedTensor] | None = None,
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
         metadata: Mapping[str, str] | None = None,
+        *,
+        shards: list[tuple[str, list[PlannedTensor]]] | None = None,
     ):
+        if (plan is None) == (shards is None):
+            raise ValueError("give either plan or shards")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._shards = plan_shards(plan, max_shard_bytes)
+        if shards is None:
+            cut = plan_shards(plan or [], max_shard_bytes)
+            n = len(cut)
+            names = (
+                [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+            )
+            shards = list(zip(names, cut, strict=True))
+        self._shards = shards
         self._metadata = {"format": "pt", **(metadata or {})}
-        n = len(self._shards)
-        self._names = (
-            [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        )
-        self._queue: Iterator[tuple[int, PlannedTensor]] = (
-            (i, t) for i, shard in enumerate(self._shards) for t in shard
-        )
-        self._file_index = -1
-        self._file = None
-        self.total_bytes = sum(t.nbytes for t in plan)
+        self._where: dict[str, tuple[int, int, PlannedTensor]] = {}  # name -> (shard, file offset, plan)
+        self._fds: list[int] = []
+        for index, (_, tensors) in enumerate(shards):
+            self._fds.append(self._create(index, tensors))
+        self._pending = set(self._where)
+        self._rows_done: dict[str, int] = {}
+        self.total_bytes = sum(t.nbytes for _, ts in shards for t in ts)
 
-    def _open(self, index: int) -> None:
-        if self._file is not None:
-            self._finish_file()
-        self._file_index = index
+    def _create(self, index: int, tensors: list[PlannedTensor]) -> int:
         header: dict[str, object] = {"__metadata__": self._metadata}
         offset = 0
-        for t in self._shards[index]:
+        for t in tensors:
+            if t.name in self._where:
+                raise SafetensorsError(f"tensor {t.name} is planned twice")
             header[t.name] = {
                 "dtype": dtype_name(t.dtype),
                 "shape": list(t.shape),
@@ -242,55 +260,111 @@ class ShardedWriter:
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the reference writer does
-        self._file = open(self._tmp(index), "wb")  # noqa: SIM115 (closed in _finish_file)
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        base = 8 + len(raw)
+        for t in tensors:
+            begin, _ = header[t.name]["data_offsets"]  # type: ignore[index]
+            self._where[t.name] = (index, base + begin, t)
+        fd = os.open(self._tmp(index), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(fd, struct.pack("<Q", len(raw)) + raw, 0)
+        os.ftruncate(fd, base + offset)
+        return fd
 
     def _tmp(self, index: int) -> Path:
-        return self.directory / (self._names[index] + ".tmp")
+        return self.directory / (self._shards[index][0] + ".tmp")
 
-    def _finish_file(self) -> None:
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+    def _slot(self, name: str) -> tuple[int, int, PlannedTensor]:
+        if name not in self._where:
+            raise SafetensorsError(f"tensor {name} is not in the export plan")
+        if name not in self._pending:
+            raise SafetensorsError(f"tensor {name} was written twice")
+        return self._where[name]
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        """Appends the next tensor of the plan; its name, dtype and shape must match the plan."""
-        try:
-            index, planned = next(self._queue)
-        except StopIteration:
-            raise SafetensorsError(f"tensor {name} is not in the export plan") from None
-        if planned.name != name or tuple(array.shape) != planned.shape or array.dtype != planned.dtype:
+    def write(self, name: str, array: np.ndarray, first_row: int | None = None) -> None:
+        """Writes one planned tensor (any order); its dtype and shape must match the plan.
+
+        With ``first_row``, ``array`` is the rows ``first_row:first_row + len(array)`` of the tensor (its first
+        axis, contiguous on disk), so a big tensor can be written in blocks; it counts as written once all
+        its rows were.
+        """
+        index, offset, planned = self._slot(name)
+        rows = planned.shape[1:] if first_row is not None else planned.shape
+        got = tuple(array.shape[1:]) if first_row is not None else tuple(array.shape)
+        if got != tuple(rows) or array.dtype != planned.dtype:
             raise SafetensorsError(
-                f"export order broken: expected {planned.name} {list(planned.shape)} {planned.dtype}, "
-                f"got {name} {list(array.shape)} {array.dtype}"
+                f"tensor {name}: expected {list(planned.shape)} {planned.dtype}, got {list(array.shape)} {array.dtype}"
             )
-        if index != self._file_index:
-            self._open(index)
-        assert self._file is not None
-        self._file.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+        view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        if first_row is not None:
+            if first_row < 0 or first_row + len(array) > planned.shape[0]:
+                raise SafetensorsError(
+                    f"tensor {name}: rows {first_row}..{first_row + len(array)} out of range"
+                )
+            offset += first_row * (planned.nbytes // max(1, planned.shape[0]))
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fds[index], view[done:], offset + done)
+        if first_row is None:
+            self._pending.discard(name)
+            return
+        self._rows_done[name] = self._rows_done.get(name, 0) + len(array)
+        if self._rows_done[name] == planned.shape[0]:
+            self._pending.discard(name)
 
-    def close(self) -> list[Path]:
-        """Finishes the last shard, renames the shards into place and writes the index when sharded."""
-        leftover = next(self._queue, None)
-        if leftover is not None:
-            raise SafetensorsError(f"export incomplete: tensor {leftover[1].name} was never written")
-        if self._file is not None:
-            self._finish_file()
+    def copy(self, name: str, source: TensorInfo) -> None:
+        """Copies one planned tensor's bytes from another safetensors file, unchanged (no decoding)."""
+        index, offset, planned = self._slot(name)
+        if source.shape != planned.shape or source.dtype != planned.dtype:
+            raise SafetensorsError(
+                f"tensor {name}: {source.file} holds {list(source.shape)} {source.dtype}, the plan says "
+                f"{list(planned.shape)} {planned.dtype}"
+            )
+        with open(source.file, "rb", buffering=0) as f:
+            src, done = f.fileno(), 0
+            while done < source.nbytes:
+                n = min(COPY_BLOCK_BYTES, source.nbytes - done)
+                try:  # in-kernel copy where the file system allows it
+                    moved = os.copy_file_range(src, self._fds[index], n, source.offset + done, offset + done)
+                except OSError:
+                    moved = os.pwrite(self._fds[index], os.pread(src, n, source.offset + done), offset + done)
+                if moved <= 0:
+                    raise SafetensorsError(f"{source.file}: tensor {source.name}: file ends early")
+                done += moved
+        self._pending.discard(name)
+
+    def close(self, index_metadata: Mapping[str, object] | None = None) -> list[Path]:
+        """Checks every tensor was written, renames the shards into place and writes the index when sharded.
+
+        ``index_metadata``: more entries for the index's ``metadata`` (an export keeps its base's, e.g.
+        ``total_parameters``); ``total_size`` is always this checkpoint's.
+        """
+        if self._pending:
+            missing = sorted(self._pending)
+            raise SafetensorsError(f"export incomplete: tensor {missing[0]} was never written")
         paths = []
-        for i, name in enumerate(self._names):
-            os.replace(self._tmp(i), self.directory / name)
+        for fd in self._fds:
+            os.fsync(fd)
+            os.close(fd)
+        self._fds = []
+        for index, (name, _) in enumerate(self._shards):
+            os.replace(self._tmp(index), self.directory / name)
             paths.append(self.directory / name)
-        if len(self._names) > 1:
-            from core.fileio import atomic_write_json
+        if len(self._shards) > 1 or self._shards[0][0] != SINGLE_FILE:
+            from core.fileio import atomic_write_text
 
-            weight_map = {t.name: self._names[i] for i, shard in enumerate(self._shards) for t in shard}
-            atomic_write_json(
-                self.directory / INDEX_FILE,
-                {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
-            )
+            weight_map = {t.name: name for name, tensors in self._shards for t in tensors}
+            metadata = {**(index_metadata or {}), "total_size": self.total_bytes}
+            # Formatted as transformers' save_pretrained writes it (sorted keys, indent 2).
+            index = {"metadata": metadata, "weight_map": weight_map}
+            atomic_write_text(self.directory / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
         return paths
+
+    def abort(self) -> None:
+        """Closes and removes the temporary files (after a failure)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        for index in range(len(self._shards)):
+            self._tmp(index).unlink(missing_ok=True)
 
 
 def write_safetensors(
