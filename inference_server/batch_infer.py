@@ -228,7 +228,9 @@ def write_report(out: Path) -> dict[str, Any]:
         [r["dataset_name"] for r in ordered],
     )
     audio_s = sum(r.get("audio_seconds", 0.0) for r in ordered)
-    report = {"samples": len(ordered), "audio_seconds": round(audio_s, 3), **result}
+    # Hypotheses that reached their generation budget (finish reason "length"): cut, and counted.
+    cut = sum(1 for r in ordered if r.get("finish_reason") == "length")
+    report = {"samples": len(ordered), "audio_seconds": round(audio_s, 3), "cut": cut, **result}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", format_report(report))
     return report
@@ -238,7 +240,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         "# Batch inference report",
         "",
-        f"{report['samples']} samples, {report['audio_seconds'] / 3600:.2f} h of audio.",
+        f"{report['samples']} samples, {report['audio_seconds'] / 3600:.2f} h of audio; "
+        f"{report.get('cut', 0)} hypotheses cut at their length budget.",
         "",
         "| source | samples | WER % | CER % | word errors / ref words |",
         "|---|---:|---:|---:|---:|",
@@ -280,4 +283,11 @@ def launch_local(argv: list[str], num_processes: int) -> int:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    print(json.dumps({"samples": report["samples"], "overall": report["overall"]}, ensure_ascii=False))
+    summary = {"samples": report["samples"], "cut": report.get("cut", 0), "overall": report["overall"]}
+    print(json.dumps(summary, ensure_ascii=False))
+    if report.get("cut"):
+        print(
+            f"sawt batch-infer: warning: {report['cut']} hypotheses reached their length budget (raise "
+            "--max-new-tokens, the cap)",
+            file=sys.stderr,
+        )

@@ -43,7 +43,12 @@ class ServerConfig(Frozen):
         description="Most tokens of a request's `prompt` kept as context (its end, as Whisper keeps 224); "
         "0 refuses requests with a prompt. Prefill compiles a second prompt width per audio bucket for it.",
     )
-    max_new_tokens: int = Field(448, ge=1, description="Most tokens generated per audio window.")
+    max_new_tokens: int = Field(
+        448,
+        ge=1,
+        description="Cap of each audio window's generation budget (the budget follows the window's duration: "
+        "trainer/data/length.py); it also sizes the KV cache.",
+    )
     tensor_parallel: int = Field(
         1, ge=1, description="Chips of this host the weights are sharded over (tensor axis); 4 on a v4-8."
     )

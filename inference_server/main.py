@@ -21,17 +21,38 @@ log = logging.getLogger("sawt.serve")
 
 
 def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: int | None = None):
-    """A `ModelEngine` for a model checkpoint directory (docs/interfaces.md §6); loading happens in `start`."""
+    """A `ModelEngine` for a checkpoint; loading the weights happens in `start`.
+
+    ``checkpoint``: a model checkpoint (docs/interfaces.md §6), a trainer step directory, or a run directory
+    (its best step by validation WER, else its latest). The tokenizer and the prompt's wording are the ones
+    the run trained with (``RUN/model/``), the audio geometry the checkpoint's model_config.json, and each
+    window's generation budget follows its duration (trainer/data/length.py).
+    """
     from inference_server.model_engine import ModelEngine, TextSide
+    from trainer.data.length import budget_for
+    from trainer.data.text import checkpoint_prompt
+    from trainer.model_checkpoint import companion_dir, load_model_checkpoint, load_model_config
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: checkpoint directory not found")
-    from trainer.model_checkpoint import load_model_checkpoint
-
     model_dir = _resolve(checkpoint)
-    tok_dir = model_dir if (model_dir / "tokenizer.json").is_file() else checkpoint
-    text_side = TextSide.from_tokenizer_dir(str(tok_dir), max_context_tokens=config.max_prompt_tokens)
+    model_config = load_model_config(model_dir)
+    prompt = checkpoint_prompt(model_dir, model_config)
+    log.info("serving %s with instruction %r (%s)", model_dir, prompt.style.instruction, prompt.source)
+    text_side = TextSide.from_tokenizer(
+        prompt.tokenizer,
+        tuple(model_config.tokens.eos_token_ids),
+        style=prompt.style,
+        max_context_tokens=config.max_prompt_tokens,
+    )
+    budget = budget_for(prompt.tokenizer, companion_dir(model_dir), config.max_new_tokens)
+    log.info(
+        "generation budget: %.2f tokens/s of audio (%s), at most %d",
+        budget.tokens_per_second,
+        budget.source,
+        budget.cap,
+    )
     # Prefill widths: prompts without a context, and (when prompts are on) with the longest one kept.
     overheads = [text_side.prompt_overhead() + 8]
     if config.max_prompt_tokens:
@@ -62,7 +83,9 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
         cut=config.cut,
         search_s=config.search_s,
         max_windows_per_request=config.max_windows_per_request,
+        n_window=model_config.audio.n_window,
         default_max_new_tokens=config.max_new_tokens,
+        budget=budget,
     )
 
 
@@ -85,7 +108,7 @@ def serving_mesh(tensor_parallel: int):
 
 
 def _resolve(checkpoint: Path) -> Path:
-    """The model directory: the checkpoint itself, or the latest complete step of a trainer run dir."""
+    """The model directory: the checkpoint itself, or the chosen step of a trainer run dir."""
     from trainer.model_checkpoint import resolve_checkpoint
 
     return Path(resolve_checkpoint(checkpoint))

@@ -20,6 +20,7 @@ therefore always adds up to the final text.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from trainer.data.longform import join_next
 from trainer.data.silence import DEFAULT_SEARCH_S, CutMode, Window, plan_windows, segment_spans
 from trainer.data.text import PromptError, PromptStyle
 from trainer.model.geometry import encoder_token_count
+
+log = logging.getLogger("sawt.serve")
 
 # Words of a window's head/tail searched for the overlap when stitching; an overlap of a few seconds of
 # speech holds far fewer words, and the bound keeps earlier text stable for streaming.
@@ -97,21 +100,21 @@ class TextSide:
         self.clip_context = clip_context or (lambda text: text or None)
 
     @classmethod
-    def from_tokenizer_dir(
+    def from_tokenizer(
         cls,
-        path: str,
+        tok,
         eos_ids: tuple[int, ...] = (),
         *,
         style: PromptStyle | None = None,
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
     ) -> TextSide:
-        """Builds it from an HF tokenizer directory through `trainer.data.text` (one place for prompts).
+        """Builds it from a loaded tokenizer through `trainer.data.text` (one place for prompts).
 
-        Generation stops at ``<|im_end|>``, ``<|endoftext|>`` (ids read from the tokenizer) and ``eos_ids``.
+        Generation stops at ``<|im_end|>``, ``<|endoftext|>`` (ids read from the tokenizer) and ``eos_ids``
+        (the model's). ``style``: the run's prompt wording (`checkpoint_prompt`).
         """
         from trainer.data import text
 
-        tok = text.load_tokenizer(path)
         return cls(
             prompt_ids=lambda n, instruction, context: list(
                 text.asr_prompt_ids(tok, n, instruction, context)
@@ -122,6 +125,13 @@ class TextSide:
             style=style,
             clip_context=lambda context: text.clip_context(tok, context, max_context_tokens),
         )
+
+    @classmethod
+    def from_tokenizer_dir(cls, path: str, eos_ids: tuple[int, ...] = (), **kwargs: Any) -> TextSide:
+        """`from_tokenizer` of an HF tokenizer directory."""
+        from trainer.data import text
+
+        return cls.from_tokenizer(text.load_tokenizer(path), eos_ids, **kwargs)
 
     def request_prompt(self, language: str | None, prompt: str | None) -> tuple[str, str | None]:
         """(instruction, context) of a request. Raises `PromptError` for an unsupported language or prompt."""
@@ -143,7 +153,7 @@ class TextSide:
 def make_prompt(
     wave: np.ndarray,
     text_side: TextSide,
-    n_window: int = 50,
+    n_window: int,
     instruction: str | None = None,
     context: str | None = None,
 ) -> AsrPrompt:
@@ -169,7 +179,10 @@ class ModelEngine:
         cut: ``silence`` (cut in pauses, fixed cuts where there are none) or ``fixed``.
         search_s: how far back from a window's longest end a pause is looked for.
         max_windows_per_request: most windows of one request decoding at once (None: no limit).
-        n_window: the audio encoder's half chunk (for the audio token count).
+        n_window: the audio encoder's half chunk (for the audio token count), from the checkpoint's
+            model_config.json like the runner's, so prompt and model agree on the geometry.
+        default_max_new_tokens: the cap of every window's budget.
+        budget: the per-window generation budget (`trainer.data.length.LengthBudget`); None: the cap.
     """
 
     def __init__(
@@ -184,8 +197,9 @@ class ModelEngine:
         cut: CutMode = "silence",
         search_s: float = DEFAULT_SEARCH_S,
         max_windows_per_request: int | None = None,
-        n_window: int = 50,
+        n_window: int,
         default_max_new_tokens: int = 448,
+        budget: Any = None,
     ):
         self.model_name = model_name
         self._runner_factory = runner_factory
@@ -198,10 +212,17 @@ class ModelEngine:
         self.max_windows_per_request = max_windows_per_request
         self.n_window = n_window
         self.default_max_new_tokens = default_max_new_tokens
+        self.budget = budget
         self.scheduler: Scheduler | None = None
         self._start_error: BaseException | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
+
+    def max_new_tokens_for(self, seconds: float) -> int:
+        """The generation budget of one audio window of ``seconds``, at most the configured cap."""
+        if self.budget is None:
+            return self.default_max_new_tokens
+        return min(self.default_max_new_tokens, self.budget.max_new_tokens(seconds))
 
     async def start(self) -> None:
         try:
@@ -248,12 +269,6 @@ class ModelEngine:
         windows = plan_windows(
             params.audio, self.window_s, self.overlap_s, cut=self.cut, search_s=self.search_s
         )
-        sampling = Sampling(
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_new_tokens=params.max_new_tokens or self.default_max_new_tokens,
-            stop_ids=self.text_side.stop_ids,
-        )
         stats = RequestStats(arrival=time.monotonic(), audio_seconds=params.audio_seconds)
         group = object()  # the request: the scheduler bounds how many of its windows run at once
         seqs = []
@@ -262,6 +277,15 @@ class ModelEngine:
                 params.audio[window.start : window.end], self.text_side, self.n_window, instruction, context
             )
             stats.audio_tokens += prompt.audio_tokens
+            # Each window's budget follows its audio (trainer/data/length.py) unless the request set one;
+            # a window that hits it finishes with reason "length" (counted in the request metrics).
+            seconds = (window.end - window.start) / SAMPLE_RATE
+            sampling = Sampling(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_new_tokens=params.max_new_tokens or self.max_new_tokens_for(seconds),
+                stop_ids=self.text_side.stop_ids,
+            )
 
             def on_token(tok: int, t: float, w: int = w) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, ("token", w, tok, t))
@@ -357,6 +381,13 @@ class ModelEngine:
                 text = " ".join(merged)
             segments = _segments(windows, merged if n > 1 else text.split(), cuts, ids)
             reason = "length" if "length" in reasons else ("abort" if "abort" in reasons else "stop")
+            if reason == "length":
+                log.warning(
+                    "%d of %d windows of a %.1f s request were cut at their generation budget",
+                    reasons.count("length"),
+                    n,
+                    params.audio_seconds,
+                )
             yield Finished(text, reason, segments, stats, params.language)
         finally:
             for seq, r in zip(seqs, reasons, strict=True):

@@ -174,7 +174,7 @@ async def _transcribe(request: Request, config: ServerConfig, engine: Engine) ->
         language=form.language,
         prompt=form.prompt,
         temperature=form.temperature,
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=None,  # the engine's budget: per window, from its duration, at most the configured cap
     )
     try:
         events = engine.transcribe(params)

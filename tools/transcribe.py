@@ -1,12 +1,14 @@
 """`sawt transcribe`: offline greedy transcription of audio files with a model checkpoint.
 
 Each file is decoded to 16 kHz mono (`decode_audio`), cut into model windows (`trainer.data.silence
-.plan_windows`: at most 30 s, or the checkpoint's preprocessor_config.json chunk_length, cut in a pause near
-each window's end, else at a fixed length with overlap), and every window becomes one row of a batch: the
+.plan_windows`: at most 30 s as in the server, cut in a pause near each window's end, else at a fixed length
+with overlap; the preprocessor's ``chunk_length``, 300 s in the release, only pads features), and every window becomes one row of a batch: the
 ASR prompt (`trainer.data.text`, worded for ``--language``, with ``--prompt`` as context) with the window's
 `<|audio_pad|>` run, left-aligned and padded. `greedy_generate` (KV cache, one compiled loop) decodes all
-windows of a file at once, and `longform.stitch_windows` joins the windows' token ids. A bad file is reported
-on stderr and skipped; the exit code is 1 if any file failed.
+windows of a file at once, each window under its own length budget (`trainer.data.length`; a cut is
+reported), and `longform.stitch_windows` joins the windows' token ids. The tokenizer and the prompt's wording
+are the ones the checkpoint's run trained with (`checkpoint_prompt`). A bad file is reported on stderr and
+skipped; the exit code is 1 if any file failed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_WINDOW_S = 30.0
 # Prompt widths and mel widths are rounded up to these, so files of similar length share a compiled program.
 SEQ_BUCKET = 64
 MEL_BUCKET = 500
@@ -37,6 +38,7 @@ class Transcriber:
         stop_ids: ids that end a hypothesis.
         style: the prompt's wording (`trainer.data.text.PromptStyle`).
         cut, search_s: where long audio is cut (`trainer.data.silence.plan_windows`).
+        budget: each window's generation budget (`trainer.data.length.LengthBudget`).
         max_context_tokens: most tokens of ``--prompt`` kept as context.
     """
 
@@ -49,6 +51,7 @@ class Transcriber:
     cut: str = "silence"
     search_s: float = 5.0
     max_context_tokens: int = 224
+    budget: object = None
     compiled_shapes: set = field(default_factory=set)
 
     @classmethod
@@ -63,15 +66,19 @@ class Transcriber:
         compute_dtype: str | None = None,
         cut: str = "silence",
         search_s: float = 5.0,
+        max_new_tokens: int = 448,
     ) -> Transcriber:
-        """Loads the checkpoint (model checkpoint, trainer step or run directory) and its tokenizer."""
+        """Loads the checkpoint (model checkpoint, trainer step or run directory: its best step by validation
+        WER, else its latest) with the tokenizer and prompt wording its run trained with (`checkpoint_prompt`);
+        ``max_new_tokens`` caps each window's length budget."""
         from flax import nnx
 
-        from trainer.data.longform import DEFAULT_OVERLAP_S
-        from trainer.data.text import PromptStyle, load_tokenizer
+        from trainer.data.length import budget_for
+        from trainer.data.longform import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
+        from trainer.data.text import checkpoint_prompt
         from trainer.model.params import load_param_tree
         from trainer.model.thinker import Thinker
-        from trainer.model_checkpoint import load_model_checkpoint, resolve_checkpoint
+        from trainer.model_checkpoint import companion_dir, load_model_checkpoint, resolve_checkpoint
 
         root = resolve_checkpoint(checkpoint)
         config, params = load_model_checkpoint(root)
@@ -79,10 +86,10 @@ class Transcriber:
             config = config.model_copy(update={"compute_dtype": compute_dtype})
         model = nnx.eval_shape(lambda: Thinker(config, rngs=nnx.Rngs(0)))
         load_param_tree(model, params)
-        tok_dir = Path(tokenizer_dir) if tokenizer_dir else find_tokenizer_dir(root, Path(checkpoint))
-        tokenizer = load_tokenizer(tok_dir)
+        prompt = checkpoint_prompt(root, config, tokenizer_dir=tokenizer_dir, instruction=instruction)
+        tokenizer = prompt.tokenizer
         if window_s is None:
-            window_s = _processor_window_s(tok_dir) or _processor_window_s(root) or DEFAULT_WINDOW_S
+            window_s = DEFAULT_WINDOW_S
         stops = {tokenizer.im_end_id, tokenizer.endoftext_id, *config.tokens.eos_token_ids}
         return cls(
             model=model,
@@ -90,9 +97,10 @@ class Transcriber:
             window_s=float(window_s),
             overlap_s=float(DEFAULT_OVERLAP_S if overlap_s is None else overlap_s),
             stop_ids=tuple(sorted(stops)),
-            style=PromptStyle(instruction) if instruction else PromptStyle(),
+            style=prompt.style,
             cut=cut,
             search_s=search_s,
+            budget=budget_for(tokenizer, companion_dir(root), cap=max_new_tokens),
         )
 
     def make_batch(
@@ -134,9 +142,16 @@ class Transcriber:
         return batch, prompts
 
     def transcribe_wave(
-        self, wave: np.ndarray, max_new_tokens: int, language: str | None = None, prompt: str | None = None
+        self,
+        wave: np.ndarray,
+        max_new_tokens: int | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> dict:
         """Transcribes one 16 kHz mono wave; returns text, ids, prompt ids and per-window detail.
+
+        Each window's budget follows its duration (`budget`, capped; ``max_new_tokens`` fixes it instead); a
+        window that reaches it without a stop token was cut, and ``cut_windows`` counts those.
 
         Raises:
             PromptError: an unsupported ``language``, or a ``prompt`` holding special tokens.
@@ -151,9 +166,18 @@ class Transcriber:
         context = clip_context(self.tokenizer, prompt, self.max_context_tokens)
         plan = plan_windows(wave, self.window_s, self.overlap_s, cut=self.cut, search_s=self.search_s)
         batch, prompts = self.make_batch([wave[w.start : w.end] for w in plan], instruction, context)
-        ids, counts = greedy_generate(self.model, batch, max_new_tokens, stop_ids=self.stop_ids)
+        if max_new_tokens is not None:
+            budgets = [max_new_tokens] * len(plan)
+            steps = max_new_tokens
+        else:
+            budgets = [self.budget.max_new_tokens((w.end - w.start) / SAMPLE_RATE) for w in plan]
+            # One compiled loop per budget bucket; each row is held to its own budget.
+            steps = min(self.budget.cap, _round_up(max(budgets), 32))
+        ids, counts = greedy_generate(self.model, batch, steps, stop_ids=self.stop_ids)
         ids, counts = np.asarray(ids), np.asarray(counts)
-        per_window = [[int(t) for t in ids[i, : counts[i]]] for i in range(len(plan))]
+        per_window = [[int(t) for t in ids[i, : min(counts[i], budgets[i])]] for i in range(len(plan))]
+        # Cut: more tokens than its budget, or the whole loop without a stop token.
+        cut = [bool(counts[i] > budgets[i] or counts[i] == budgets[i] == steps) for i in range(len(plan))]
         token_ids, _ = stitch_windows(plan, per_window)
         spans = segment_spans(plan, SAMPLE_RATE)
         return {
@@ -161,6 +185,7 @@ class Transcriber:
             "token_ids": token_ids,
             "prompt_token_ids": [t for p in prompts for t in p],
             "audio_seconds": round(len(wave) / SAMPLE_RATE, 3),
+            "cut_windows": int(sum(cut)),
             "windows": [
                 {
                     "start_s": round(w.start / SAMPLE_RATE, 3),
@@ -169,8 +194,10 @@ class Transcriber:
                     "segment": [round(a, 3), round(b, 3)],
                     "prompt_tokens": len(p),
                     "token_ids": t,
+                    "max_new_tokens": n,
+                    "cut": c,
                 }
-                for w, (a, b), p, t in zip(plan, spans, prompts, per_window, strict=True)
+                for w, (a, b), p, t, n, c in zip(plan, spans, prompts, per_window, budgets, cut, strict=True)
             ],
         }
 
@@ -179,43 +206,16 @@ def _round_up(n: int, multiple: int) -> int:
     return max(multiple, math.ceil(n / multiple) * multiple)
 
 
-def _processor_window_s(directory: Path) -> float | None:
-    path = directory / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text()).get("chunk_length")
-    except json.JSONDecodeError:
-        return None
-    return float(value) if value else None
-
-
-def find_tokenizer_dir(root: Path, given: Path) -> Path:
-    """Where the tokenizer of a checkpoint lives: the checkpoint itself, else up the run directory.
-
-    A converted checkpoint carries the tokenizer files; a trainer step directory may not, so we also look
-    in the directory the user named, its parents (up to the run directory) and their ``tokenizer/``.
-    """
-    candidates = [root, given]
-    for base in (root, given):
-        candidates += list(base.parents)[:3]
-    for c in candidates:
-        for d in (c, c / "tokenizer"):
-            if (d / "tokenizer.json").is_file():
-                return d
-    raise FileNotFoundError(
-        f"{given}: no tokenizer.json in the checkpoint or its run directory; pass --tokenizer DIR"
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt transcribe` (see sawt/commands/transcribe.py)."""
     from core.errors import UsageError
     from trainer.data.audio_io import AudioError, decode_audio
     from trainer.data.text import TokenizerError, clip_context
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
+    if args.max_length_cap < 1:
+        raise UsageError("--max-length-cap must be at least 1")
     try:
         transcriber = Transcriber.load(
             args.checkpoint,
@@ -225,6 +225,7 @@ def main(args: argparse.Namespace) -> int:
             instruction=args.instruction,
             cut=args.cut,
             search_s=args.search_s,
+            max_new_tokens=args.max_length_cap,
         )
         # Refuse a bad --language or --prompt before any file is read.
         transcriber.style.instruction_for(args.language)
@@ -236,6 +237,13 @@ def main(args: argparse.Namespace) -> int:
         try:
             wave = decode_audio(path)
             result = transcriber.transcribe_wave(wave, args.max_new_tokens, args.language, args.prompt)
+            if result["cut_windows"]:
+                print(
+                    f"sawt transcribe: warning: {path}: {result['cut_windows']} of {len(result['windows'])} "
+                    "windows reached their length budget without an end token (raise --max-length-cap, or "
+                    "set --max-new-tokens)",
+                    file=sys.stderr,
+                )
         except (AudioError, ValueError) as err:
             failed += 1
             msg = str(err) if str(path) in str(err) else f"{path}: {err}"

@@ -97,8 +97,31 @@ def backend(cfg: ExperimentConfig) -> Backend:
             raise ValueError(f"load_from={path}: its model_config.json does not match the experiment's model")
         return jax.tree.map(np.asarray, params)
 
+    rate: dict[str, Any] = {}
+
+    def transcript_rate() -> Any:
+        # Deterministic (the first records of the train split), so every process computes the same budget.
+        if "budget" not in rate:
+            from trainer.data.length import LengthBudget, measure_split, reference_rate
+
+            try:
+                measured = measure_split(tok(), cfg.data.dir)
+                rate["record"] = measured
+                source = f"{measured['clips']} training transcripts"
+                rate["budget"] = LengthBudget(measured["tokens_per_second"], source, cfg.eval.max_new_tokens)
+            except (OSError, ValueError) as err:  # no train split here: the tokenizer's reference rate
+                rate["record"] = None
+                rate["budget"] = LengthBudget(
+                    reference_rate(tok()), f"reference text ({err})", cfg.eval.max_new_tokens
+                )
+        return rate["budget"]
+
     def write_run_files(run_dir: Path) -> None:
-        write_model_files(cfg, tok(), run_dir)
+        transcript_rate()
+        write_model_files(cfg, tok(), run_dir, transcripts=rate["record"])
+
+    def max_new_tokens_for(seconds: float) -> int:
+        return transcript_rate().max_new_tokens(seconds)
 
     def flops_per_step(shapes: dict[str, tuple[int, ...]]) -> float:
         from trainer.flops import train_flops_per_step
@@ -120,15 +143,20 @@ def backend(cfg: ExperimentConfig) -> Backend:
         handles_remat=True,
         dtypes=(mcfg.param_dtype, mcfg.compute_dtype),
         write_run_files=write_run_files,
+        max_new_tokens_for=max_new_tokens_for,
     )
 
 
-def write_model_files(cfg: ExperimentConfig, tok: Any, run_dir: Path) -> Path:
+def write_model_files(
+    cfg: ExperimentConfig, tok: Any, run_dir: Path, transcripts: dict | None = None
+) -> Path:
     """Records in ``RUN/model/`` what the run's checkpoints need besides their weights (interfaces §6).
 
     The companion files of the ``load_from`` checkpoint (HF config, generation and processor configs, the
     HF naming in hf_layout.json), then the tokenizer the run trains with over them, and ``prompt.json``:
-    the instruction and its rendering. Replaced as a whole, so it always describes the current start.
+    the instruction and its rendering; ``transcripts.json``, the transcript rate measured on the training
+    split (the generation budget of whoever serves the run). Replaced as a whole, so it always describes the
+    current start.
     """
     import shutil
 
@@ -160,7 +188,11 @@ def write_model_files(cfg: ExperimentConfig, tok: Any, run_dir: Path) -> Path:
             if f.name in TOKENIZER_FILES:
                 f.unlink()
         copy_companion_files(tokenizer_dir, staging)
-    atomic_write_json(staging / PROMPT_FILE, prompt_record(tok, cfg.data.instruction))
+    atomic_write_json(staging / PROMPT_FILE, prompt_record(tok, cfg.data.prompt_style()))
+    if transcripts is not None:
+        from trainer.data.length import TRANSCRIPTS_FILE
+
+        atomic_write_json(staging / TRANSCRIPTS_FILE, transcripts)
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)
     return dest

@@ -15,6 +15,8 @@ from jax.experimental import multihost_utils
 from trainer.asr_metrics import score
 from trainer.config import EvalConfig
 
+FRAMES_PER_SECOND = 100  # log-mel frames (hop 160 at 16 kHz)
+
 if TYPE_CHECKING:
     from trainer.train import Backend
 
@@ -59,7 +61,8 @@ def evaluate(
         rows: rows per process per batch.
 
     Returns:
-        `trainer.asr_metrics.score` output plus ``examples`` (a few reference/hypothesis pairs).
+        `trainer.asr_metrics.score` output plus ``examples`` (a few reference/hypothesis pairs), ``cut``
+        (hypotheses that reached their length budget without a stop token) and ``hypotheses``.
     """
     from trainer.train import _gather_json, to_global
 
@@ -68,12 +71,16 @@ def evaluate(
     refs: list[str] = []
     hyps: list[str] = []
     sources: list[str] = []
+    cut = 0
     for _ in range(cfg.max_batches):
         try:
             local = next(data)
         except StopIteration:
             break
-        ids = backend.generate(params, to_global(mesh, prompt_only(local)), cfg.max_new_tokens)
+        # The budget follows the bucket's audio length (static, the same on every process).
+        seconds = np.shape(local["audio_mel"])[-1] / FRAMES_PER_SECOND
+        budget = backend.max_new_tokens_for(seconds) if backend.max_new_tokens_for else cfg.max_new_tokens
+        ids = backend.generate(params, to_global(mesh, prompt_only(local)), budget)
         ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
         meta = local.get("meta", {})
         valid = (np.asarray(local["loss_mask"]) > 0).any(axis=1).tolist()
@@ -87,8 +94,11 @@ def evaluate(
                     refs.append(part["text"][j])
                     sources.append(part["source"][j])
                     hyps.append(backend.detokenize([int(t) for t in ids[offset + j] if t >= 0]))
+                    cut += bool((ids[offset + j] >= 0).all())  # no stop token within the budget
             offset += len(part["valid"])
     result = score(refs, hyps, sources)
+    result["cut"] = cut
+    result["hypotheses"] = len(hyps)
     result["examples"] = [
         {"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[: cfg.log_examples]
     ]

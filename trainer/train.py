@@ -65,6 +65,8 @@ class Backend:
         dtypes: the model's (param, compute) dtypes, used where ``train.precision`` leaves them unset.
         write_run_files: run directory -> None; records what serving the run needs besides its weights (the
             companion files it trains with and the prompt), so the run directory describes itself.
+        max_new_tokens_for: clip seconds -> generation budget for evaluation (trainer/data/length.py); None:
+            ``eval.max_new_tokens`` for every clip.
     """
 
     init_params: Callable[[int], Any]
@@ -80,6 +82,7 @@ class Backend:
     handles_remat: bool = False
     dtypes: tuple[str, str] = ("float32", "float32")
     write_run_files: Callable[[Path], None] | None = None
+    max_new_tokens_for: Callable[[float], int] | None = None
 
 
 class NonFiniteError(RuntimeError):
@@ -479,7 +482,12 @@ def _train(
         overall = result["overall"]
         log.write(
             {"event": "eval", "step": at, **{k: v for k, v in result.items() if k != "examples"}},
-            f"eval step {at}: WER {overall['wer']:.4f} CER {overall['cer']:.4f}",
+            f"eval step {at}: WER {overall['wer']:.4f} CER {overall['cer']:.4f}"
+            + (
+                f" ({result['cut']} of {result['hypotheses']} hypotheses cut at their length budget)"
+                if result.get("cut")
+                else ""
+            ),
         )
         if primary:
             for ex in result.get("examples", []):

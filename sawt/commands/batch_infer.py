@@ -39,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="number of shards (default: $SAWT_NUM_PROCESSES or 1)",
     )
     parser.add_argument("--max-batch", type=int, default=8, help="decode slots (default: 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=448, help="tokens per window (default: 448)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=448,
+        help="cap of each window's generation budget, which follows its duration (default: 448)",
+    )
     parser.add_argument(
         "--tensor-parallel",
         type=int,

@@ -113,7 +113,9 @@ def test_language_and_prompt_reach_the_prompt_ids(tiny_checkpoint, tmp_path):
 
     runner = RecordingRunner(tok.im_end_id)
     runner.num_slots = 1  # one record at a time: prefills come in record order
-    engine = ModelEngine(lambda: runner, TextSide.from_tokenizer_dir(str(tiny_checkpoint)), model_name="m")
+    engine = ModelEngine(
+        lambda: runner, TextSide.from_tokenizer_dir(str(tiny_checkpoint)), model_name="m", n_window=50
+    )
 
     class Bar:
         def update(self, n):

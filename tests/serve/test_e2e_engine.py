@@ -106,7 +106,7 @@ def test_batched_cached_decode_matches_full_forward(engine, tiny_checkpoint):
     cases = [(w, seg) for w, seg in zip(windows, long_events[-1].segments, strict=True)]
     cases.append((short_clip, short_events[-1].segments[0]))
     for audio, segment in cases:
-        prompt = make_prompt(audio, eng.text_side)
+        prompt = make_prompt(audio, eng.text_side, eng.n_window)
         want = _reference_greedy(tiny_checkpoint, prompt, eng.text_side.stop_ids, N_NEW)
         assert list(segment.tokens) == want
     final = short_events[-1]
@@ -143,9 +143,11 @@ def test_language_and_prompt_decode_in_the_context_prompt_width(engine, tiny_che
 
     final = loop.run_until_complete(run())[-1]
     instruction, context = eng.text_side.request_prompt("en", params.prompt)
-    prompt = make_prompt(clip, eng.text_side, instruction=instruction, context=context)
+    prompt = make_prompt(clip, eng.text_side, eng.n_window, instruction=instruction, context=context)
     assert (
-        final.stats.prompt_tokens == len(prompt.input_ids) > len(make_prompt(clip, eng.text_side).input_ids)
+        final.stats.prompt_tokens
+        == len(prompt.input_ids)
+        > len(make_prompt(clip, eng.text_side, eng.n_window).input_ids)
     )
     want = _reference_greedy(tiny_checkpoint, prompt, eng.text_side.stop_ids, N_NEW)
     assert list(final.segments[0].tokens) == want
@@ -170,5 +172,7 @@ def test_tensor_parallel_engine_matches_reference(tiny_checkpoint):
     runner = eng.scheduler.runner
     leaf = runner._state["model"]["layers"]["self_attn"]["q_proj"]["kernel"]
     assert len(leaf.value.sharding.device_set) == 2
-    want = _reference_greedy(tiny_checkpoint, make_prompt(clip, eng.text_side), eng.text_side.stop_ids, N_NEW)
+    want = _reference_greedy(
+        tiny_checkpoint, make_prompt(clip, eng.text_side, eng.n_window), eng.text_side.stop_ids, N_NEW
+    )
     assert list(events[-1].segments[0].tokens) == want

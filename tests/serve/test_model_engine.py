@@ -70,7 +70,7 @@ def test_long_audio_windows_are_stitched_and_streamed_consistently():
     # 5 s with 2 s windows and 0.5 s overlap: windows at 0, 1.5 and 3 s.
     scripts = [list(range(10, 18)), list(range(16, 24)), list(range(22, 30))]
     runner = WindowScriptRunner(scripts, num_slots=2)
-    engine = ModelEngine(lambda: runner, TEXT, model_name="m", window_s=2.0, overlap_s=0.5)
+    engine = ModelEngine(lambda: runner, TEXT, model_name="m", n_window=50, window_s=2.0, overlap_s=0.5)
     events = asyncio.run(_run(engine, 5.0))
     final = events[-1]
     assert isinstance(final, Finished)
@@ -89,7 +89,7 @@ def test_long_audio_windows_are_stitched_and_streamed_consistently():
 
 def test_single_window_streams_token_by_token():
     runner = WindowScriptRunner([[7, 8, 9]])
-    engine = ModelEngine(lambda: runner, TEXT, model_name="m")
+    engine = ModelEngine(lambda: runner, TEXT, model_name="m", n_window=50)
     events = asyncio.run(_run(engine, 1.0))
     assert [e.text for e in events[:-1]] == ["w7", " w8", " w9"]
     assert events[-1].text == "w7 w8 w9"
@@ -98,7 +98,7 @@ def test_single_window_streams_token_by_token():
 def test_closing_the_stream_cancels_and_frees_slots():
     gate = threading.Event()
     runner = WindowScriptRunner([list(range(10, 40))], num_slots=1, gate=gate)
-    engine = ModelEngine(lambda: runner, TEXT, model_name="m")
+    engine = ModelEngine(lambda: runner, TEXT, model_name="m", n_window=50)
 
     async def main():
         await engine.start()
@@ -134,7 +134,7 @@ def test_windows_cut_in_pauses_follow_each_other_and_carry_their_times():
     # merged away, whereas an overlap merge would have dropped the repeat.
     scripts = [[10, 11, 12], [11, 12, 13], [14]]
     runner = WindowScriptRunner(scripts, num_slots=1)  # one window at a time: deltas come window by window
-    engine = ModelEngine(lambda: runner, TEXT, model_name="m", window_s=2.0, overlap_s=0.5)
+    engine = ModelEngine(lambda: runner, TEXT, model_name="m", n_window=50, window_s=2.0, overlap_s=0.5)
 
     async def main():
         await engine.start()

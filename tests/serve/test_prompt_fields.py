@@ -27,7 +27,7 @@ def served(tiny_checkpoint):
     tok = load_tokenizer(tiny_checkpoint)
     runner = RecordingRunner(tok.im_end_id)
     text_side = TextSide.from_tokenizer_dir(str(tiny_checkpoint), max_context_tokens=16)
-    engine = ModelEngine(lambda: runner, text_side, model_name=MODEL)
+    engine = ModelEngine(lambda: runner, text_side, model_name=MODEL, n_window=50)
     app = build_app(ServerConfig(model_name=MODEL), engine, registry=CollectorRegistry())
     with serve_in_thread(app) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0), runner, tok

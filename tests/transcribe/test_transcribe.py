@@ -71,7 +71,15 @@ def test_json_output_formats_and_bad_files(tiny, audio, capsys):
 
     tok = load_tokenizer(tiny / "ckpt")
     for row, seconds in zip(rows, (3.0, 2.5, 2.0), strict=True):
-        assert set(row) == {"file", "text", "token_ids", "prompt_token_ids", "audio_seconds", "windows"}
+        assert set(row) == {
+            "file",
+            "text",
+            "token_ids",
+            "prompt_token_ids",
+            "audio_seconds",
+            "cut_windows",
+            "windows",
+        }
         assert row["audio_seconds"] == pytest.approx(seconds, abs=0.01)
         assert 0 < len(row["token_ids"]) <= 4
         assert row["text"] == tok.decode(row["token_ids"])
@@ -129,14 +137,14 @@ def test_long_audio_is_windowed_and_stitched(tiny, audio, capsys):
 
 
 def test_text_output_and_trainer_run_directory(tiny, audio, capsys):
-    """A trainer run dir (steps without tokenizer files) resolves to its latest step; tokenizer from the run."""
+    """A trainer run dir (steps without tokenizer files) resolves to its latest step; tokenizer from RUN/model/."""
     run = tiny / "run"
     for step in (10, 20):
         step_dir = run / "checkpoints" / str(step)
         step_dir.mkdir(parents=True)
         shutil.copytree(tiny / "ckpt" / "params", step_dir / "params")
         shutil.copy(tiny / "ckpt" / "model_config.json", step_dir)
-    tok_dir = run / "tokenizer"
+    tok_dir = run / "model"
     tok_dir.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(tiny / "ckpt" / name, tok_dir)

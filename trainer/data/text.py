@@ -350,37 +350,48 @@ def audio_offset(tok: Tokenizer, instruction: str = DEFAULT_INSTRUCTION, context
     return len(_prompt_parts(tok, instruction, context)[0])
 
 
-def prompt_record(tok: Tokenizer, instruction: str) -> dict[str, Any]:
+def prompt_record(tok: Tokenizer, style: PromptStyle) -> dict[str, Any]:
     """What a run directory records about the prompt it trains on (``RUN/model/prompt.json``).
 
-    The instruction is what the prompt is made from; the rendering (one ``<|audio_pad|>``, before the
-    processor expands it) lets a server check that its tokenizer and template rebuild exactly that prompt.
+    The wording (the default instruction and the per-language ones) is what prompts are made from; the
+    rendering of the default one (one ``<|audio_pad|>``, before the processor expands it) and its ids let a
+    server check that its tokenizer and template rebuild exactly that prompt.
     """
     rendered = tok.hf.apply_chat_template(
-        asr_messages(instruction), add_generation_prompt=True, tokenize=False
+        asr_messages(style.instruction), add_generation_prompt=True, tokenize=False
     )
-    before, after = _prompt_parts(tok, instruction)
-    return {"instruction": instruction, "rendered": rendered, "ids_around_audio": [before, after]}
+    before, after = _prompt_parts(tok, style.instruction)
+    return {
+        "instruction": style.instruction,
+        "language_instructions": dict(style.languages),
+        "rendered": rendered,
+        "ids_around_audio": [list(before), list(after)],
+    }
 
 
-def check_prompt_record(tok: Tokenizer, record: dict[str, Any], where: str) -> str:
-    """The instruction of a recorded prompt, after checking that ``tok`` renders it as recorded.
+def check_prompt_record(tok: Tokenizer, record: dict[str, Any], where: str) -> PromptStyle:
+    """The prompt wording a run recorded, after checking that ``tok`` renders it as recorded.
 
     Raises:
         TokenizerError: the record is malformed, or the tokenizer/template in use renders another prompt.
     """
     instruction = record.get("instruction") if isinstance(record, dict) else None
-    if not isinstance(instruction, str):
+    languages = (
+        record.get("language_instructions", LANGUAGE_INSTRUCTIONS) if isinstance(record, dict) else None
+    )
+    if not isinstance(instruction, str) or not isinstance(languages, dict):
         raise TokenizerError(f"{where}: no instruction recorded")
-    now = prompt_record(tok, instruction)
-    if "ids_around_audio" in record and [list(p) for p in record["ids_around_audio"]] != [
-        list(p) for p in now["ids_around_audio"]
-    ]:
+    style = PromptStyle(instruction, {normalize_language(k): str(v) for k, v in languages.items()})
+    now = prompt_record(tok, style)
+    if (
+        "ids_around_audio" in record
+        and [list(p) for p in record["ids_around_audio"]] != now["ids_around_audio"]
+    ):
         raise TokenizerError(
             f"{where}: the tokenizer in {tok.directory} renders another prompt than the run trained on "
             f"({now['rendered']!r} vs {record.get('rendered')!r})"
         )
-    return instruction
+    return style
 
 
 @dataclass(frozen=True)
@@ -435,3 +446,60 @@ def chatml_template() -> str:
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
     )
+
+
+@dataclass(frozen=True)
+class CheckpointPrompt:
+    """How to prompt a checkpoint exactly as it was trained (see `checkpoint_prompt`)."""
+
+    tokenizer: Tokenizer
+    style: PromptStyle
+    source: str  # where the wording came from: a prompt.json, the caller, or the default
+
+    @property
+    def instruction(self) -> str:
+        return self.style.instruction
+
+
+def checkpoint_prompt(
+    checkpoint: str | Path,
+    model_config: Any,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    instruction: str | None = None,
+) -> CheckpointPrompt:
+    """The tokenizer and prompt wording of a resolved model checkpoint (`resolve_checkpoint`'s result).
+
+    The tokenizer is the one beside the checkpoint, or in its run's ``model/`` for a trainer step
+    (`companion_dir`), unless ``tokenizer_dir`` says otherwise. The wording (`PromptStyle`) is the one the run
+    trained with (``model/prompt.json``, checked against the tokenizer's rendering); ``instruction`` replaces
+    its default instruction; a converted release has none and gets the default wording. The tokenizer's ids
+    are checked against the model's.
+
+    Raises:
+        TokenizerError: no tokenizer found, or one that does not belong to the model or the run's prompt.
+    """
+    import json
+
+    from trainer.model_checkpoint import PROMPT_FILE, companion_dir
+
+    root = Path(checkpoint)
+    files = Path(tokenizer_dir) if tokenizer_dir else companion_dir(root)
+    if files is None:
+        raise TokenizerError(
+            f"{root}: no tokenizer beside the checkpoint or in its run directory's model/ (pass the "
+            "tokenizer directory explicitly)"
+        )
+    tok = load_tokenizer(files)
+    check_model_ids(tok, model_config, str(root))
+    record_file = (companion_dir(root) or files) / PROMPT_FILE
+    style, source = PromptStyle(), "default"
+    if record_file.is_file():
+        try:
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise TokenizerError(f"{record_file}: not JSON ({err})") from None
+        style, source = check_prompt_record(tok, record, str(record_file)), str(record_file)
+    if instruction is not None:
+        style, source = PromptStyle(instruction, dict(style.languages)), "given"
+    return CheckpointPrompt(tok, style, source)
