@@ -131,7 +131,7 @@ def test_export_command_line(release_checkpoint, tmp_path):
 
 
 # ---- vLLM's loader (vllm-project/vllm, vllm/model_executor/models/qwen3_omni_moe_thinker.py) ------------
-# vLLM itself does not run here (no CUDA build for this machine): these tests apply its weight mapping to the
+# vLLM itself does not run here (it needs a GPU or TPU build): these tests apply its weight mapping to the
 # export's key set and check what its modules expect. Its thinker class maps `thinker.lm_head.` ->
 # `language_model.lm_head.`, `thinker.model.` -> `language_model.model.`, `thinker.` -> `` and skips `talker.`
 # and `code2wav.`; it always builds the vision tower, and its loader rejects unknown weights and (recent
