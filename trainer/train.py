@@ -358,7 +358,13 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
     metrics = TrainMetrics(pi)
     if cfg.metrics.port:
         port = cfg.metrics.port + (pi if "SAWT_COORDINATOR" in os.environ else 0)
-        metrics.serve(port)
+        try:
+            metrics.serve(port)
+        except OSError as err:  # another process holds the port: say which setting to change
+            raise configlib.ConfigError(
+                f"metrics.port={cfg.metrics.port}: cannot serve /metrics on port {port} ({err.strerror}); "
+                "set metrics.port to a free port, or metrics.port=0 to turn it off"
+            ) from None
     log = RunLog(run_dir, enabled=primary)
 
     mesh = build_mesh(cfg.mesh)

@@ -213,3 +213,15 @@ def test_load_from_a_run_dir_starts_from_its_params(tmp_path):
     a, b = final_params(first, 3), final_params(second, 1)
     for key in a:
         np.testing.assert_allclose(np.asarray(b[key]), np.asarray(a[key]), rtol=0, atol=1e-6)
+
+
+def test_a_busy_metrics_port_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out = finish(sawt_train(tmp_path / "run", "train.steps=1", f"metrics.port={port}"))
+    assert code == 2, out
+    assert f"metrics.port={port}: cannot serve /metrics" in out and "metrics.port=0" in out
