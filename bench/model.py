@@ -163,7 +163,7 @@ def our_decode_tokens_per_s(model, prompt: dict, new_tokens: int, repeats: int) 
 def convert_rss(work: Path, layers: int) -> dict:
     """Peak RSS of a fresh `sawt convert hf-to-orbax` on a synthetic checkpoint with the real widths."""
     from tools.dev.synthetic_hf import write_synthetic_hf
-    from tools.hf.layout import leaf_specs
+    from tools.hf.key_map import leaf_specs
     from trainer.config import load_experiment
 
     real = load_experiment("qwen3-omni-30b-a3b", []).model

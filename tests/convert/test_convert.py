@@ -15,7 +15,7 @@ import pytest
 from sawt.cli import main as sawt_main
 from tools.dev.synthetic_hf import write_synthetic_hf
 from tools.hf.convert import ConversionError, hf_to_orbax, orbax_to_hf
-from tools.hf.layout import leaf_specs
+from tools.hf.key_map import leaf_specs
 from tools.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, open_checkpoint, read_tensor, write_safetensors
 from trainer.model.config import ModelConfig
 from trainer.model_checkpoint import (
@@ -275,7 +275,7 @@ def test_conversion_peak_rss_is_largest_leaf_plus_under_1gb(tmp_path):
     import subprocess
     import sys
 
-    from tools.hf.layout import leaf_specs
+    from tools.hf.key_map import leaf_specs
     from trainer.config import load_experiment
 
     real = load_experiment("qwen3-omni-30b-a3b", []).model

@@ -95,9 +95,9 @@ def _raw(info) -> bytes:
 
 
 def test_the_export_is_a_drop_in_release(journey):
-    from tools.convert_hf import THINKER_PREFIX
-    from tools.hf_layout import leaf_specs
-    from tools.safetensors_io import INDEX_FILE, open_checkpoint, read_tensor
+    from tools.hf.convert import THINKER_PREFIX
+    from tools.hf.key_map import leaf_specs
+    from tools.hf.safetensors_io import INDEX_FILE, open_checkpoint, read_tensor
     from trainer.model.params import flatten
     from trainer.model_checkpoint import load_model_checkpoint
 
@@ -198,7 +198,7 @@ def _sawt_logits(export: Path, tmp: Path) -> np.ndarray:
     from flax import nnx
 
     from tests.helpers.release import reference_batch
-    from tools.convert_hf import hf_to_orbax
+    from tools.hf.convert import hf_to_orbax
     from trainer.model.params import load_param_tree
     from trainer.model.thinker import Thinker
     from trainer.model_checkpoint import load_model_checkpoint

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import numpy as np
 from flax import nnx
 
 from tools.dev.hf_reference.make_goldens import CLIP_SECONDS, SAMPLE_RATE, features, waveform
-from tools.hf import key_map
+from tools.hf.config import read_model_config
+from tools.hf.convert import read_hf_params
 from trainer.model.config import ModelConfig
 from trainer.model.geometry import encoder_token_count
 from trainer.model.params import load_param_tree
@@ -22,13 +22,13 @@ CLIP_ORDER = tuple(CLIP_SECONDS)
 
 
 def golden_config(name: str, **overrides) -> ModelConfig:
-    return ModelConfig.from_hf_config(json.loads((GOLDENS / name / "config.json").read_text()), **overrides)
+    return read_model_config(GOLDENS / name, **overrides)
 
 
 @cache
 def golden_tree(name: str) -> dict:
-    cfg = golden_config(name)
-    return key_map.hf_to_tree(key_map.HFTensors.from_dir(GOLDENS / name), cfg)
+    """The golden's canonical tree (fp32), read by the converter's own path (`read_hf_params`)."""
+    return read_hf_params(GOLDENS / name, dtype="fp32")[1]
 
 
 @cache

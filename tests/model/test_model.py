@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from tests.model.helpers import (
     reference,
 )
 from tools.hf import key_map
+from tools.hf.config import model_config_from_hf
 from trainer.config import load_experiment
 from trainer.model import moe, sharding
 from trainer.model.config import ModelConfig
@@ -177,50 +179,40 @@ def test_mrope_with_equal_rows_reduces_to_1d_rope():
     )
 
 
-def test_hf_keys_with_prefix_fused_experts_and_skipped_vision():
-    cfg = golden_config("tiny_a")
-    plain = key_map.HFTensors.from_dir(GOLDENS / "tiny_a")
-    assert plain.skipped and all(k.startswith("visual.") for k in plain.skipped)
-    raw = {k: plain[k] for k in plain}
+def test_hf_keys_with_or_without_prefix_and_skipped_groups(tmp_path):
+    """The import reads a bare thinker's keys and the release's `thinker.`-prefixed ones alike, and skips the
+    vision tower, talker and code2wav (counted, not loaded)."""
+    from tools.hf.convert import read_hf_params
+    from tools.hf.safetensors_io import open_checkpoint, read_tensor, write_safetensors
+
+    raw = {k: read_tensor(v) for k, v in open_checkpoint(GOLDENS / "tiny_a").items()}
+    assert any(k.startswith("visual.") for k in raw)  # save_pretrained of a thinker keeps its vision tower
     prefixed = {"thinker." + k: v for k, v in raw.items()}
-    prefixed["thinker.visual.patch_embed.proj.weight"] = np.zeros(3)
-    prefixed["talker.model.norm.weight"] = np.zeros(3)
-    # In-memory layout: model.language_model.* and fused experts.
-    fused = {}
-    for k, v in raw.items():
-        if ".mlp.experts." in k:
-            continue
-        if k.startswith("model."):
-            k = k.replace("model.", "model.language_model.", 1)
-        elif k.startswith("audio_tower."):
-            k = "model." + k
-        fused[k] = v
-    for layer in range(cfg.text.num_hidden_layers):
-        base = f"model.layers.{layer}.mlp.experts"
-        gate_up = [np.concatenate([raw[f"{base}.{e}.gate_proj.weight"], raw[f"{base}.{e}.up_proj.weight"]]) for e in
-                   range(cfg.text.num_experts)]  # fmt: skip
-        fused[f"model.language_model.layers.{layer}.mlp.experts.gate_up_proj"] = np.stack(gate_up)
-        fused[f"model.language_model.layers.{layer}.mlp.experts.down_proj"] = np.stack(
-            [raw[f"{base}.{e}.down_proj.weight"] for e in range(cfg.text.num_experts)]
-        )
+    prefixed["talker.model.norm.weight"] = np.zeros(3, np.float32)
+    prefixed["code2wav.code_embedding.weight"] = np.zeros((2, 3), np.float32)
+    write_safetensors(tmp_path, prefixed, max_shard_bytes=200_000)
+    shutil.copy(GOLDENS / "tiny_a" / "config.json", tmp_path / "config.json")
     want = dict(flatten(golden_tree("tiny_a")))
-    for source in (prefixed, fused):
-        got = dict(flatten(key_map.hf_to_tree(source, cfg)))
-        assert set(got) == set(want)
-        for p in want:
-            np.testing.assert_array_equal(got[p], want[p], err_msg=p)
+    got = dict(flatten(read_hf_params(tmp_path, dtype="fp32")[1]))
+    assert set(got) == set(want)
+    for p in want:
+        np.testing.assert_array_equal(got[p], want[p], err_msg=p)
 
 
-def test_canonical_tree_round_trips_through_hf_names():
+def test_key_map_slices_invert_exactly():
+    """Every leaf's HF tensors rebuild from its slices and back (what makes HF -> Orbax -> HF bit-exact)."""
+    from tools.hf.safetensors_io import open_checkpoint, read_tensor
+
     cfg = golden_config("tiny_b")
-    tree = golden_tree("tiny_b")
-    hf = key_map.tree_to_hf(tree, cfg, prefix="thinker.")
-    source = key_map.HFTensors.from_dir(GOLDENS / "tiny_b")
-    for k, v in hf.items():
-        np.testing.assert_array_equal(v, source[k[len("thinker.") :]].astype(np.float32), err_msg=k)
-    back = dict(flatten(key_map.hf_to_tree(hf, cfg)))
-    for p, v in flatten(tree):
-        np.testing.assert_array_equal(back[p], v)
+    tree = dict(flatten(golden_tree("tiny_b")))
+    source = open_checkpoint(GOLDENS / "tiny_b")
+    for spec in key_map.leaf_specs(cfg):
+        leaf = tree["/".join(spec.path)]
+        for idx, key in spec.hf_keys():
+            hf = spec.to_hf(leaf[idx])
+            assert hf.shape == spec.hf_shape
+            np.testing.assert_array_equal(hf, read_tensor(source[key]).astype(np.float32), err_msg=key)
+            np.testing.assert_array_equal(spec.to_canonical(hf), leaf[idx], err_msg=key)
 
 
 def test_load_param_tree_rejects_mismatch():
@@ -255,21 +247,21 @@ def test_30b_preset_matches_canonical_shapes_and_hf_config():
     hf.update(
         audio_token_id=151675, audio_start_token_id=151669, audio_end_token_id=151670, pad_token_id=151643
     )
-    got = ModelConfig.from_hf_config({"thinker_config": hf}, name=cfg.name, param_dtype="bfloat16",
+    got = model_config_from_hf({"thinker_config": hf}, name=cfg.name, param_dtype="bfloat16",
                                      compute_dtype="bfloat16", remat_policy="full")  # fmt: skip
     assert got == cfg
 
 
-def test_from_hf_config_names_missing_key():
+def test_model_config_from_hf_names_missing_key():
     hf = json.loads((GOLDENS / "tiny_a" / "config.json").read_text())
     del hf["text_config"]["num_experts"]
     with pytest.raises(ConfigError, match=r"text_config\.num_experts"):
-        ModelConfig.from_hf_config(hf)
+        model_config_from_hf(hf)
     assert golden_config("tiny_b").audio.window_tokens == 52  # n_window_infer 400 -> 4 chunks of 13
     hf = json.loads((GOLDENS / "tiny_a" / "config.json").read_text())
     hf["text_config"]["mlp_only_layers"] = [1]
     with pytest.raises(ConfigError, match="dense layers"):
-        ModelConfig.from_hf_config(hf)
+        model_config_from_hf(hf)
 
 
 @pytest.mark.slow

@@ -92,10 +92,9 @@ def test_ids_match_direct_generation_from_hf_weights(tiny, audio, capsys):
     """The CLI's ids equal greedy decoding by a model loaded straight from the HF safetensors."""
     from flax import nnx
 
-    from tools.hf.key_map import HFTensors, hf_to_tree
+    from tools.hf.convert import read_hf_params
     from tools.transcribe import Transcriber
     from trainer.data.audio_io import decode_audio
-    from trainer.model.config import ModelConfig
     from trainer.model.generate import greedy_generate
     from trainer.model.params import load_param_tree
     from trainer.model.thinker import Thinker
@@ -104,9 +103,9 @@ def test_ids_match_direct_generation_from_hf_weights(tiny, audio, capsys):
         capsys, "--checkpoint", tiny / "ckpt", "--max-new-tokens", "4", audio / "tone.wav"
     )
     assert rc == 0
-    config = ModelConfig.from_hf_json(tiny / "hf")
+    config, params = read_hf_params(tiny / "hf")
     model = Thinker(config, rngs=nnx.Rngs(1))
-    load_param_tree(model, hf_to_tree(HFTensors.from_dir(tiny / "hf"), config))
+    load_param_tree(model, params)
     transcriber = Transcriber.load(tiny / "ckpt")
     batch, prompts = transcriber.make_batch([decode_audio(audio / "tone.wav")])
     ids, counts = greedy_generate(model, batch, 4, stop_ids=transcriber.stop_ids)

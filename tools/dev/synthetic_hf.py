@@ -15,9 +15,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from tools.hf.layout import leaf_specs
+from tools.hf.config import hf_config_dict
+from tools.hf.key_map import leaf_specs
 from tools.hf.safetensors_io import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
-from tools.hf_config import hf_config_dict
 
 DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp32": np.dtype(np.float32)}
 

@@ -5,7 +5,11 @@ unexpected), then for each canonical leaf allocate the stacked array, read each 
 tensor into a small buffer, permute it into its slice, and hand the finished leaf to Orbax before building
 the next. Peak memory is the largest stacked leaf plus one HF tensor plus Orbax's write chunk.
 
-orbax-to-hf: restore one leaf at a time and write its HF tensors straight into HF-style shards.
+orbax-to-hf: restore one leaf at a time and write its HF tensors at their offsets in HF-style shards (with a
+base release: its shard layout, every tensor sawt does not hold copied byte for byte).
+
+`read_hf_params` runs the import's path into memory instead of Orbax (tests and tools that want a tree): one
+key map (`tools.hf.key_map`) and one reading path for every consumer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from tools.hf.layout import SKIPPED_GROUPS, LeafSpec, leaf_specs
+from tools.hf.config import read_model_config
+from tools.hf.key_map import SKIPPED_GROUPS, LeafSpec, leaf_specs
 from tools.hf.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES,
     INDEX_FILE,
@@ -175,6 +180,29 @@ def _whole_filler(spec: LeafSpec, info: TensorInfo, bar):
     return fill
 
 
+def read_hf_params(hf_dir: str | Path, dtype: str | None = None, **overrides):
+    """``(ModelConfig, canonical tree of numpy arrays)`` of an HF directory, by the import's own path.
+
+    The same plan, checks and slice fillers as `hf_to_orbax`, writing into arrays instead of Orbax.
+    """
+    from trainer.model.params import unflatten
+
+    hf_dir = Path(hf_dir)
+    cast = DTYPES[dtype] if dtype else None
+    config = read_model_config(hf_dir, **overrides)
+    plan = plan_hf(open_checkpoint(hf_dir), config)
+    flat = {}
+    for leaf in streamed_leaves(plan, cast):
+        array = np.empty(leaf.shape, leaf.dtype)
+
+        def put(index, block, array=array):
+            array[index] = block
+
+        leaf.fill(put)
+        flat["/".join(leaf.path)] = array
+    return config, unflatten(flat)
+
+
 def hf_to_orbax(
     hf_dir: str | Path,
     out_dir: str | Path,
@@ -195,7 +223,6 @@ def hf_to_orbax(
     """
     from core.fileio import atomic_write_json, atomic_write_text
     from core.progress import progress
-    from trainer.model.config import ModelConfig
     from trainer.model_checkpoint import (
         HF_LAYOUT_FILE,
         MODEL_CONFIG_FILE,
@@ -211,12 +238,10 @@ def hf_to_orbax(
         raise FileExistsError(f"{out_dir} exists and is not empty")
     cast = DTYPES[dtype] if dtype else None
     tensors = open_checkpoint(hf_dir)
-    plan = plan_hf(tensors, ModelConfig.from_hf_json(hf_dir))
+    plan = plan_hf(tensors, read_model_config(hf_dir))
     stored = {t.dtype for t in plan.sources.values()}
     param_dtype = cast if cast is not None else (stored.pop() if len(stored) == 1 else np.dtype(np.float32))
-    model_config = ModelConfig.from_hf_json(
-        hf_dir, param_dtype=DTYPE_NAMES.get(np.dtype(param_dtype), "float32")
-    )
+    model_config = read_model_config(hf_dir, param_dtype=DTYPE_NAMES.get(np.dtype(param_dtype), "float32"))
     for group, n in sorted(plan.skipped.items()):
         log(f"skipping {n} {group}.* tensors (not used by the ASR thinker)")
     total = sum(t.nbytes for t in plan.sources.values())
@@ -290,9 +315,8 @@ def check_base_matches(base: Path, config) -> None:
     Raises:
         ConversionError: naming the first field that differs.
     """
-    from trainer.model.config import ModelConfig
 
-    theirs = ModelConfig.from_hf_json(base)
+    theirs = read_model_config(base)
     for section in ("audio", "text", "tokens"):
         mine_d, theirs_d = getattr(config, section).model_dump(), getattr(theirs, section).model_dump()
         for key, value in mine_d.items():
@@ -533,7 +557,7 @@ def _index_metadata(base: Path) -> dict:
 def _write_export_files(out: Path, config, files: Path | None, base: Path | None) -> list[str]:
     """config.json, tokenizer, chat template, preprocessor and generation configs of an export."""
     from core.fileio import atomic_write_json
-    from tools.hf_config import PREPROCESSOR_CONFIG, generation_config_dict, hf_config_dict, thinker_only
+    from tools.hf.config import PREPROCESSOR_CONFIG, generation_config_dict, hf_config_dict, thinker_only
     from trainer.data.text import TOKENIZER_FILES
 
     written = []

@@ -1,32 +1,33 @@
-"""HF checkpoint keys <-> canonical parameter paths, with the transposes, reshapes and stacking.
+"""The one HF key map: HF checkpoint keys <-> canonical parameter paths, for import and export alike.
 
-One table (`entries`) drives both directions; it is used by the parity tests (HF safetensors -> our model)
-and by the streaming converter (`sawt convert`), which loads one canonical tensor at a time
-(`Entry.hf_keys` says which HF tensors it needs, `to_canonical` builds it, `from_canonical` inverts it).
-
-HF keys are accepted with or without the `thinker.` prefix (the released checkpoint has it, a bare
-thinker's `save_pretrained` does not) and in the in-memory layout (`model.language_model.*`,
-`model.audio_tower.*`). Keys of the vision tower (`visual.*`), the talker and code2wav are skipped: the
-ASR thinker never uses them (`normalize_key` returns None). Experts are read per expert
-(`mlp.experts.{e}.gate_proj.weight`, the file layout) or from the fused in-memory layout
-(`mlp.experts.gate_up_proj` [E, 2I, H], `mlp.experts.down_proj` [E, H, I]).
+`entries` is the table: each canonical tensor, the HF key template(s) it is built from, the transform and the
+stacking (per layer, per layer and expert). `leaf_specs` turns it into one `LeafSpec` per canonical leaf for a
+config: every HF key with its index into the stacked dims, the expected HF shape (to check a checkpoint before
+reading it), and the exact transform and inverse of one slice. `tools.hf.convert` streams both directions
+through these specs one slice at a time; the transforms are pure transposes plus reshapes, so HF -> Orbax -> HF
+is bit-exact.
 
 Transforms (HF torch layout -> ours): Linear W[out, in] -> kernel[in, out], then split heads
 ([in, n*hd] -> [in, n, hd] for q/k/v, [n*hd, out] -> [n, hd, out] for o/out_proj); Conv2d
 [out, in, kh, kw] -> [kh, kw, in, out]; per-layer tensors stacked on L, per-expert ones on E.
+
+Keys are the file layout (what `save_pretrained` writes: per-expert `mlp.experts.{e}.*_proj.weight`),
+relative to the thinker: the release prefixes them with `thinker.`, a bare thinker's `save_pretrained` does not;
+`tools.hf.convert` adds or strips the prefix. The vision tower (`visual.*`), the talker and code2wav are not
+part of the map (`SKIPPED_GROUPS`): the ASR thinker never uses them, and an export copies them from its base.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from trainer.model.config import ModelConfig
 
-SKIPPED_PREFIXES = ("visual.", "talker.", "code2wav.")
+# Top-level groups of a full Qwen3-Omni checkpoint that the ASR thinker does not hold.
+SKIPPED_GROUPS = ("visual", "talker", "code2wav")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,22 +61,6 @@ class Entry:
         if len(counts) == 1:
             return [self.hf.format(l=i) for i in range(counts[0])]
         return [self.hf.format(l=i, e=j) for i in range(counts[0]) for j in range(counts[1])]
-
-    def to_canonical(self, get: Callable[[str], np.ndarray], cfg: ModelConfig, slice_shape: tuple[int, ...]):
-        """Builds the stacked canonical array from HF tensors fetched with `get(key)`."""
-        parts = [_to_ours(self.kind, np.asarray(get(k)), slice_shape) for k in self.hf_keys(cfg)]
-        counts = self._counts(cfg)
-        if not counts:
-            return parts[0]
-        return np.stack(parts).reshape(*counts, *slice_shape)
-
-    def from_canonical(self, array: np.ndarray, cfg: ModelConfig) -> dict[str, np.ndarray]:
-        """Splits a canonical array into HF tensors (file layout, no prefix)."""
-        counts = self._counts(cfg)
-        flat = (
-            np.asarray(array).reshape(-1, *np.shape(array)[len(counts) :]) if counts else [np.asarray(array)]
-        )
-        return {k: _to_hf(self.kind, x) for k, x in zip(self.hf_keys(cfg), flat, strict=True)}
 
 
 def _to_ours(kind: str, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -163,133 +148,83 @@ def entries(cfg: ModelConfig) -> list[Entry]:
     return out
 
 
-def normalize_key(key: str) -> str | None:
-    """Maps any HF spelling of a thinker key to the file layout without prefix; None for skipped parts."""
-    if key.startswith("thinker."):
-        key = key[len("thinker.") :]
-    elif key.startswith(("talker.", "code2wav.")):
-        return None
-    if key.startswith("model.language_model."):
-        key = "model." + key[len("model.language_model.") :]
-    elif key.startswith(("model.audio_tower.", "model.visual.")):
-        key = key[len("model.") :]
-    if key.startswith(SKIPPED_PREFIXES):
-        return None
-    return key
+@dataclass(frozen=True)
+class LeafSpec:
+    """How one canonical leaf is made from HF tensors.
 
-
-class HFTensors:
-    """Normalised-key view over HF tensors (a dict, or lazily over safetensors files).
-
-    Fused in-memory expert tensors (`...mlp.experts.gate_up_proj` / `down_proj` [E, ...]) are split into
-    the per-expert file keys on demand.
+    Attributes:
+        path: the leaf's path in the canonical tree, e.g. ``("model", "layers", "mlp", "gate", "kernel")``.
+        keys: the HF keys (no prefix) in stacking order, each with its index into the stacked dims.
+        stack: leading stacked dims of the leaf: () unstacked, (L,) per layer, (L, E) per layer and expert.
+        kind: the `key_map` transform of one HF tensor.
+        hf_shape: shape of one HF tensor.
+        slice_shape: shape of one slice of the leaf.
     """
 
-    def __init__(self, loaders: Mapping[str, Callable[[], np.ndarray]]):
-        self._loaders: dict[str, Callable[[], np.ndarray]] = {}
-        self.skipped: list[str] = []
-        for key, load in loaders.items():
-            norm = normalize_key(key)
-            if norm is None:
-                self.skipped.append(key)
-            else:
-                self._loaders[norm] = load
+    path: tuple[str, ...]
+    keys: tuple[tuple[tuple[int, ...], str], ...]
+    stack: tuple[int, ...]
+    kind: str
+    hf_shape: tuple[int, ...]
+    slice_shape: tuple[int, ...]
 
-    @classmethod
-    def from_dict(cls, tensors: Mapping[str, np.ndarray]) -> HFTensors:
-        return cls({k: (lambda v=v: v) for k, v in tensors.items()})
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.stack + self.slice_shape
 
-    @classmethod
-    def from_safetensors(cls, paths: Iterable[str | Path]) -> HFTensors:
-        """Lazy view over one or more .safetensors files (bf16 comes back as ml_dtypes bfloat16)."""
-        from safetensors import safe_open
+    def hf_keys(self) -> tuple[tuple[tuple[int, ...], str], ...]:
+        """``((index into the stacked dims, HF key), ...)`` in stacking order."""
+        return self.keys
 
-        loaders: dict[str, Callable[[], np.ndarray]] = {}
-        for path in paths:
-            with safe_open(str(path), framework="flax") as f:
-                keys = list(f.keys())
+    def to_canonical(self, hf: np.ndarray) -> np.ndarray:
+        """One HF tensor -> one slice of the leaf."""
+        return _to_ours(self.kind, hf, self.slice_shape)
 
-            def load(key, path=str(path)):
-                with safe_open(path, framework="flax") as g:
-                    return np.asarray(g.get_tensor(key))
-
-            for key in keys:
-                loaders[key] = lambda key=key, load=load: load(key)
-        return cls(loaders)
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> HFTensors:
-        paths = sorted(Path(directory).glob("*.safetensors"))
-        if not paths:
-            raise FileNotFoundError(f"no *.safetensors files in {directory}")
-        return cls.from_safetensors(paths)
-
-    def keys(self) -> list[str]:
-        return sorted(self._loaders)
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self._loaders)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._loaders
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if key in self._loaders:
-            return self._loaders[key]()
-        fused = _fused_expert(key)
-        if fused is not None:
-            fused_key, e, part = fused
-            if fused_key in self._loaders:
-                w = self._loaders[fused_key]()[e]
-                if part == "down_proj":
-                    return w
-                half = w.shape[0] // 2
-                return w[:half] if part == "gate_proj" else w[half:]
-        raise KeyError(f"HF checkpoint has no tensor {key!r}")
+    def to_hf(self, piece: np.ndarray) -> np.ndarray:
+        """One slice of the leaf -> the HF tensor (exact inverse of `to_canonical`)."""
+        return _to_hf(self.kind, piece)
 
 
-def _fused_expert(key: str) -> tuple[str, int, str] | None:
-    parts = key.split(".")
-    # model.layers.{l}.mlp.experts.{e}.{gate_proj|up_proj|down_proj}.weight
-    if len(parts) == 8 and parts[4] == "experts" and parts[7] == "weight":
-        base = ".".join(parts[:5])
-        e, part = int(parts[5]), parts[6]
-        return (f"{base}.down_proj" if part == "down_proj" else f"{base}.gate_up_proj"), e, part
-    return None
+def _hf_shape(kind: str, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The HF tensor shape that `key_map` maps onto a slice of ``slice_shape`` (shapes only, no data)."""
+    if kind == "copy":
+        return slice_shape
+    if kind == "bias_heads":
+        return (int(np.prod(slice_shape)),)
+    if kind == "T":
+        return slice_shape[::-1]
+    if kind == "heads_in":  # [in, n, hd] <- W[n*hd, in]
+        return (int(np.prod(slice_shape[1:])), slice_shape[0])
+    if kind == "heads_out":  # [n, hd, out] <- W[out, n*hd]
+        return (slice_shape[-1], int(np.prod(slice_shape[:-1])))
+    if kind == "conv":  # [kh, kw, in, out] <- W[out, in, kh, kw]
+        kh, kw, cin, cout = slice_shape
+        return (cout, cin, kh, kw)
+    raise ValueError(f"unknown transform kind {kind!r}")
 
 
-def hf_to_tree(
-    tensors: HFTensors | Mapping[str, np.ndarray], cfg: ModelConfig, abstract: Mapping | None = None
-):
-    """Builds the whole canonical tree (numpy) from HF tensors.
+def leaf_specs(config: ModelConfig) -> list[LeafSpec]:
+    """Every leaf of the canonical tree for ``config``, in `key_map` table order."""
+    from trainer.model.params import abstract_param_tree, flatten
 
-    Args:
-        tensors: an `HFTensors` view or a plain dict of HF keys (any spelling) -> arrays.
-        cfg: the model config (layer and expert counts).
-        abstract: the canonical tree of shapes (`params.abstract_param_tree(cfg)`); computed if None.
-    """
-    from trainer.model.params import abstract_param_tree, flatten, unflatten
-
-    view = tensors if isinstance(tensors, HFTensors) else HFTensors.from_dict(tensors)
-    shapes = dict(flatten(abstract if abstract is not None else abstract_param_tree(cfg)))
-    flat = {}
-    for entry in entries(cfg):
-        full = tuple(shapes[entry.path].shape)
-        n_stack = len(entry._counts(cfg))
-        flat[entry.path] = entry.to_canonical(view.__getitem__, cfg, full[n_stack:])
-    return unflatten(flat)
-
-
-def tree_to_hf(tree: Mapping, cfg: ModelConfig, prefix: str = "") -> dict[str, np.ndarray]:
-    """Canonical tree -> HF tensors in the file layout; `prefix='thinker.'` gives the released naming."""
-    from trainer.model.params import flatten
-
-    flat = dict(flatten(tree))
-    out: dict[str, np.ndarray] = {}
-    for entry in entries(cfg):
-        for key, value in entry.from_canonical(np.asarray(flat[entry.path]), cfg).items():
-            out[prefix + key] = value
-    return out
+    shapes = {path: tuple(v.shape) for path, v in flatten(abstract_param_tree(config))}
+    specs = []
+    for entry in entries(config):
+        stack = tuple(entry._counts(config))
+        full = shapes[entry.path]
+        if full[: len(stack)] != stack:
+            raise ValueError(f"{entry.path}: model shape {full} does not start with the stacked dims {stack}")
+        slice_shape = full[len(stack) :]
+        keys = tuple(zip(np.ndindex(*stack), entry.hf_keys(config), strict=True))
+        keys = tuple((tuple(int(i) for i in idx), key) for idx, key in keys)
+        specs.append(
+            LeafSpec(
+                tuple(entry.path.split("/")),
+                keys,
+                stack,
+                entry.kind,
+                _hf_shape(entry.kind, slice_shape),
+                slice_shape,
+            )
+        )
+    return specs

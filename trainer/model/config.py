@@ -2,21 +2,18 @@
 
 `ModelConfig` holds an `AudioConfig` (the audio encoder), a `TextConfig` (the MoE decoder) and the token
 ids the thinker itself needs. The defaults are the `tiny` test preset; the YAML presets in
-`trainer/configs/*.yaml` set every field explicitly. `ModelConfig.from_hf_config` reads a checkpoint's own
-`config.json` (with or without the `thinker_config` wrapper): every id and dimension comes from the json.
+`trainer/configs/*.yaml` set every field explicitly. A checkpoint's own HF `config.json` is read by
+`tools.hf.config.model_config_from_hf` (the HF knowledge lives with the converter): every id and dimension
+comes from the json.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from core.configlib import Frozen
-from core.errors import ConfigError
 from trainer.model.geometry import tokens_per_chunk
 
 DType = Literal["float32", "bfloat16"]
@@ -154,120 +151,3 @@ class ModelConfig(Frozen):
             if not 0 <= getattr(self.tokens, key) < self.text.vocab_size:
                 raise ValueError(f"tokens.{key} is outside the vocabulary (size {self.text.vocab_size})")
         return self
-
-    @classmethod
-    def from_hf_config(
-        cls,
-        hf: Mapping[str, Any],
-        name: str | None = None,
-        generation: Mapping[str, Any] | None = None,
-        **overrides: Any,
-    ) -> ModelConfig:
-        """Builds a config from an HF `config.json` dict (full model or bare thinker).
-
-        Args:
-            hf: the parsed json. A full Qwen3-Omni config has `thinker_config`; a bare thinker has
-                `text_config` and `audio_config` at the top.
-            name: preset name to record; defaults to the json's `_name_or_path` or `model_type`.
-            generation: the parsed `generation_config.json`, where the release keeps its eos and pad ids
-                (its `config.json` leaves them null); ids in `config.json` win when both are set.
-            **overrides: top-level ModelConfig fields to set (e.g. `compute_dtype="bfloat16"`).
-
-        Raises:
-            ConfigError: naming the missing or inconsistent json key.
-        """
-        thinker = hf.get("thinker_config", hf)
-        try:
-            text, audio = thinker["text_config"], thinker["audio_config"]
-        except KeyError as err:
-            raise ConfigError(f"HF config has no thinker {err.args[0]}") from err
-
-        def need(d: Mapping[str, Any], key: str, where: str) -> Any:
-            if key not in d or d[key] is None:
-                raise ConfigError(f"HF config: {where}.{key} is missing")
-            return d[key]
-
-        rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-        theta = rope.get("rope_theta", text.get("rope_theta"))
-        if theta is None:
-            raise ConfigError("HF config: text_config.rope_parameters.rope_theta is missing")
-        heads = need(text, "num_attention_heads", "text_config")
-        # HF falls back to hidden/heads when head_dim is absent; the real checkpoint sets it explicitly.
-        head_dim = text.get("head_dim") or need(text, "hidden_size", "text_config") // heads
-        if text.get("mlp_only_layers") or text.get("decoder_sparse_step", 1) != 1:
-            raise ConfigError(
-                "HF config: dense layers (mlp_only_layers / decoder_sparse_step) are not supported"
-            )
-        if thinker.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
-            raise ConfigError("HF config: tie_word_embeddings=true is not supported (the thinker is untied)")
-        generation = generation or {}
-
-        def first_set(key: str) -> Any:
-            for source in (text, thinker, generation):
-                if source.get(key) is not None:
-                    return source[key]
-            return None
-
-        eos = first_set("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        pad = first_set("pad_token_id")
-        audio_start = need(thinker, "audio_start_token_id", "thinker_config")
-        tokens = TokenIds(
-            audio_token_id=need(thinker, "audio_token_id", "thinker_config"),
-            audio_start_token_id=audio_start,
-            audio_end_token_id=thinker.get("audio_end_token_id", audio_start + 1),
-            pad_token_id=pad if pad is not None else (eos_ids[-1] if eos_ids else 0),
-            eos_token_ids=eos_ids,
-        )
-        return cls(
-            name=name or hf.get("_name_or_path") or hf.get("model_type") or "hf",
-            audio=AudioConfig(
-                num_mel_bins=need(audio, "num_mel_bins", "audio_config"),
-                d_model=need(audio, "d_model", "audio_config"),
-                encoder_layers=need(audio, "encoder_layers", "audio_config"),
-                encoder_attention_heads=need(audio, "encoder_attention_heads", "audio_config"),
-                encoder_ffn_dim=need(audio, "encoder_ffn_dim", "audio_config"),
-                downsample_hidden_size=need(audio, "downsample_hidden_size", "audio_config"),
-                n_window=need(audio, "n_window", "audio_config"),
-                n_window_infer=need(audio, "n_window_infer", "audio_config"),
-                max_source_positions=need(audio, "max_source_positions", "audio_config"),
-                output_dim=need(audio, "output_dim", "audio_config"),
-            ),
-            text=TextConfig(
-                vocab_size=need(text, "vocab_size", "text_config"),
-                hidden_size=need(text, "hidden_size", "text_config"),
-                num_hidden_layers=need(text, "num_hidden_layers", "text_config"),
-                num_attention_heads=heads,
-                num_key_value_heads=need(text, "num_key_value_heads", "text_config"),
-                head_dim=head_dim,
-                num_experts=need(text, "num_experts", "text_config"),
-                num_experts_per_tok=need(text, "num_experts_per_tok", "text_config"),
-                moe_intermediate_size=need(text, "moe_intermediate_size", "text_config"),
-                norm_topk_prob=text.get("norm_topk_prob", True),
-                rms_norm_eps=text.get("rms_norm_eps", 1e-6),
-                rope_theta=theta,
-                mrope_section=tuple(rope.get("mrope_section", (head_dim // 2, 0, 0))),
-                max_position_embeddings=text.get("max_position_embeddings", 65536),
-                router_aux_loss_coef=text.get("router_aux_loss_coef", 0.001),
-            ),
-            tokens=tokens,
-            **overrides,
-        )
-
-    @classmethod
-    def from_hf_json(cls, path: str | Path, **overrides: Any) -> ModelConfig:
-        """Reads `config.json` (or a directory holding one, with its `generation_config.json` if any) and
-        calls `from_hf_config`."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-
-        def read(file: Path) -> Any:
-            try:
-                return json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ConfigError(f"{file}: cannot read HF config: {err}") from err
-
-        generation_file = path.with_name("generation_config.json")
-        generation = read(generation_file) if generation_file.is_file() else None
-        return cls.from_hf_config(read(path), generation=generation, **overrides)
