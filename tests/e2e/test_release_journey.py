@@ -125,9 +125,10 @@ def test_the_export_is_a_drop_in_release(journey):
 
 
 def test_transcribe_prompts_exactly_as_the_run_trained(journey):
-    from trainer.data.audio import encoder_token_count, log_mel
+    from trainer.data.audio import log_mel
     from trainer.data.audio_io import decode_audio
     from trainer.data.text import asr_prompt_ids, load_tokenizer
+    from trainer.model.geometry import encoder_token_count
 
     out = sawt("transcribe", "--checkpoint", str(journey.run), "--output", "json", str(journey.clip))
     result = json.loads(out.stdout.strip().splitlines()[-1])
