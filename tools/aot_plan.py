@@ -81,7 +81,7 @@ def _abstract_batch(mesh: Any, batch: int, seq: int, frames: int, mel: int) -> d
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from trainer.train import BATCH_AXES
+    from trainer.distributed import BATCH_AXES
 
     shapes = {
         "input_ids": ((batch, seq), jnp.int32),
@@ -132,8 +132,10 @@ def plan(
 
     from trainer.backend import backend as real_backend
     from trainer.config import load_experiment
+    from trainer.distributed import build_mesh, mesh_shape
     from trainer.flops import param_counts, train_flops_per_step
-    from trainer.train import build_mesh, build_program, mesh_shape
+    from trainer.model.sharding import MESH_AXES
+    from trainer.train import build_program
 
     if topology not in TOPOLOGIES:
         raise ValueError(f"unknown topology {topology!r}; known: {', '.join(TOPOLOGIES)}")
@@ -146,7 +148,7 @@ def plan(
     frames = frames or cfg.data.buckets[-1][0]
     seq = seq or cfg.data.buckets[-1][1]
     batch = cfg.train.global_batch_size
-    shape = dict(zip(("data", "fsdp", "expert", "tensor"), mesh_shape(cfg.mesh, len(devices)), strict=True))
+    shape = dict(zip(MESH_AXES, mesh_shape(cfg.mesh, len(devices)), strict=True))
     # The batch axis is sharded over data x fsdp x expert; XLA's own error for a misfit is an opaque traceback.
     batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
     if batch % batch_ways:

@@ -1,4 +1,5 @@
-"""The real training backend: the NNX Thinker (trainer/model) and the Grain loader (trainer/data/loader.py).
+"""What the loop trains: the `Backend` interface, and the real backend behind it, the NNX Thinker
+(trainer/model) and the Grain loader (trainer/data/loader.py).
 
 The loop in trainer/train.py sees the model as pure functions over the canonical parameter tree (interfaces
 §4), which is exactly ``nnx.to_pure_dict`` of the Thinker's params, so the train state, the
@@ -10,7 +11,10 @@ them per scanned layer); where unset, the model section's values hold.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from trainer.config import ExperimentConfig
-from trainer.train import Backend
+from trainer.train_step import ApplyFn, LossFn
+
+
+@dataclasses.dataclass
+class Backend:
+    """What the loop trains: model functions and data, behind a narrow interface.
+
+    Attributes:
+        init_params: seed -> canonical parameter tree (traceable: the loop runs it under jit).
+        apply: (params, batch) -> model output.
+        loss: (output, batch, aux_coef) -> (loss, metrics).
+        model_config: the ModelConfig as JSON (written into each step directory).
+        make_data: (split, process_index, process_count, rows_per_process) -> iterator of batch dicts with
+            ``get_state() -> JSON-able`` and ``set_state(state)``.
+        param_sharding: (abstract params, mesh) -> tree of NamedSharding; None uses `default_param_sharding`.
+        generate: (params, global batch, max_new_tokens) -> int array [B, N] of generated ids, negative
+            after the end of each row (greedy decoding), for evaluation.
+        detokenize: list of ids -> text.
+        load_params: path -> canonical parameter tree (numpy), for ``load_from=``.
+        flops_per_step: batch shapes -> training FLOPs per global step (for MFU), or None.
+        handles_remat: the model applies ``train.remat`` itself (per scanned layer); otherwise the step
+            wraps the whole forward pass in ``jax.checkpoint``.
+        dtypes: the model's (param, compute) dtypes, used where ``train.precision`` leaves them unset.
+        write_run_files: run directory -> None; records what serving the run needs besides its weights (the
+            companion files it trains with and the prompt), so the run directory describes itself.
+        max_new_tokens_for: clip seconds -> generation budget for evaluation (trainer/data/length.py); None:
+            ``eval.max_new_tokens`` for every clip.
+    """
+
+    init_params: Callable[[int], Any]
+    apply: ApplyFn
+    loss: LossFn
+    model_config: dict[str, Any]
+    make_data: Callable[[str, int, int, int], Iterator[dict[str, Any]]]
+    param_sharding: Callable[[Any, Mesh], Any] | None = None
+    generate: Callable[[Any, dict[str, Any], int], Any] | None = None
+    detokenize: Callable[[list[int]], str] | None = None
+    load_params: Callable[[str], Any] | None = None
+    flops_per_step: Callable[[dict[str, tuple[int, ...]]], float] | None = None
+    handles_remat: bool = False
+    dtypes: tuple[str, str] = ("float32", "float32")
+    write_run_files: Callable[[Path], None] | None = None
+    max_new_tokens_for: Callable[[float], int] | None = None
 
 
 def model_config_for(cfg: ExperimentConfig) -> Any:
@@ -196,3 +243,10 @@ def write_model_files(
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)
     return dest
+
+
+def load_backend(cfg: ExperimentConfig, plugin: str | None) -> Backend:
+    """The real Thinker + Grain loader backend, or ``plugin``'s ``backend(cfg)`` (tests' stand-in)."""
+    if plugin:  # the hidden `sawt train --plugin MODULE`: a module named by the user, so loaded by name
+        return importlib.import_module(plugin).backend(cfg)
+    return backend(cfg)

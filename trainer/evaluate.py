@@ -14,11 +14,12 @@ from jax.experimental import multihost_utils
 
 from trainer.asr_metrics import score
 from trainer.config import EvalConfig
+from trainer.distributed import gather_json, to_global
 
 FRAMES_PER_SECOND = 100  # log-mel frames (hop 160 at 16 kHz)
 
 if TYPE_CHECKING:
-    from trainer.train import Backend
+    from trainer.backend import Backend
 
 
 def prompt_only(batch: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +65,6 @@ def evaluate(
         `trainer.asr_metrics.score` output plus ``examples`` (a few reference/hypothesis pairs), ``cut``
         (hypotheses that reached their length budget without a stop token) and ``hypotheses``.
     """
-    from trainer.train import _gather_json, to_global
-
     assert backend.generate is not None and backend.detokenize is not None
     data = backend.make_data(cfg.split, process_index, process_count, rows)
     refs: list[str] = []
@@ -86,7 +85,7 @@ def evaluate(
         valid = (np.asarray(local["loss_mask"]) > 0).any(axis=1).tolist()
         texts = list(meta.get("text", [""] * len(valid)))
         names = list(meta.get("dataset_name", ["all"] * len(valid)))
-        gathered = _gather_json({"valid": valid, "text": texts, "source": names})
+        gathered = gather_json({"valid": valid, "text": texts, "source": names})
         offset = 0
         for part in gathered:
             for j, ok in enumerate(part["valid"]):

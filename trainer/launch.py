@@ -2,7 +2,7 @@
 
 This stands in for the 4 hosts of a v4-32 slice in tests and demos: each child runs the same
 ``sawt train`` command with ``SAWT_COORDINATOR``, ``SAWT_NUM_PROCESSES`` and ``SAWT_PROCESS_ID`` set, and
-`trainer.train.init_distributed` joins them with `jax.distributed.initialize`. The launcher forwards
+`trainer.distributed.init_distributed` joins them with `jax.distributed.initialize`. The launcher forwards
 SIGTERM to every child, and once one child fails it gives the others a grace period (their heartbeat
 timeout makes them exit on their own) before killing them, so a dead peer never leaves a hang.
 """
@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from trainer.train import EXIT_PREEMPTED
+from trainer.preemption import EXIT_PREEMPTED
 
 
 def free_port() -> int:

@@ -10,255 +10,43 @@ the job (docs/training.md); 3 too many consecutive non-finite steps; anything el
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from core import configlib
 from core.fileio import atomic_write_json, atomic_write_text
 from trainer import optim
+from trainer.backend import Backend
 from trainer.checkpoint import Checkpointer
-from trainer.config import ExperimentConfig, MeshConfig
+from trainer.config import ExperimentConfig
+from trainer.distributed import (
+    build_mesh,
+    default_param_sharding,
+    gather_json,
+    params_sha256,
+    state_shardings,
+    to_global,
+)
+from trainer.evaluate import evaluate as run_eval
 from trainer.metrics import RunLog, TrainMetrics
-from trainer.train_step import ApplyFn, LossFn, init_state, make_train_step
+from trainer.preemption import EXIT_PREEMPTED, Preemption
+from trainer.train_step import init_state, make_train_step
 
-EXIT_PREEMPTED = 42
 EXIT_NONFINITE = 3
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
-BATCH_AXES = ("data", "fsdp", "expert")
-
-
-@dataclasses.dataclass
-class Backend:
-    """What the loop trains: model functions and data, behind a narrow interface.
-
-    Attributes:
-        init_params: seed -> canonical parameter tree (traceable: the loop runs it under jit).
-        apply: (params, batch) -> model output.
-        loss: (output, batch, aux_coef) -> (loss, metrics).
-        model_config: the ModelConfig as JSON (written into each step directory).
-        make_data: (split, process_index, process_count, rows_per_process) -> iterator of batch dicts with
-            ``get_state() -> JSON-able`` and ``set_state(state)``.
-        param_sharding: (abstract params, mesh) -> tree of NamedSharding; None uses `default_param_sharding`.
-        generate: (params, global batch, max_new_tokens) -> int array [B, N] of generated ids, negative
-            after the end of each row (greedy decoding), for evaluation.
-        detokenize: list of ids -> text.
-        load_params: path -> canonical parameter tree (numpy), for ``load_from=``.
-        flops_per_step: batch shapes -> training FLOPs per global step (for MFU), or None.
-        handles_remat: the model applies ``train.remat`` itself (per scanned layer); otherwise the step
-            wraps the whole forward pass in ``jax.checkpoint``.
-        dtypes: the model's (param, compute) dtypes, used where ``train.precision`` leaves them unset.
-        write_run_files: run directory -> None; records what serving the run needs besides its weights (the
-            companion files it trains with and the prompt), so the run directory describes itself.
-        max_new_tokens_for: clip seconds -> generation budget for evaluation (trainer/data/length.py); None:
-            ``eval.max_new_tokens`` for every clip.
-    """
-
-    init_params: Callable[[int], Any]
-    apply: ApplyFn
-    loss: LossFn
-    model_config: dict[str, Any]
-    make_data: Callable[[str, int, int, int], Iterator[dict[str, Any]]]
-    param_sharding: Callable[[Any, Mesh], Any] | None = None
-    generate: Callable[[Any, dict[str, Any], int], Any] | None = None
-    detokenize: Callable[[list[int]], str] | None = None
-    load_params: Callable[[str], Any] | None = None
-    flops_per_step: Callable[[dict[str, tuple[int, ...]]], float] | None = None
-    handles_remat: bool = False
-    dtypes: tuple[str, str] = ("float32", "float32")
-    write_run_files: Callable[[Path], None] | None = None
-    max_new_tokens_for: Callable[[float], int] | None = None
 
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps with NaN/Inf loss or gradient."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Processes, mesh and shardings
-
-
-def init_distributed(cfg: ExperimentConfig) -> None:
-    """Joins the other processes: local launcher env (trainer/launch.py) or, on GKE, auto-detection."""
-    kwargs = dict(
-        heartbeat_timeout_seconds=cfg.distributed.heartbeat_timeout_seconds,
-        initialization_timeout=cfg.distributed.initialization_timeout_seconds,
-    )
-    if "SAWT_COORDINATOR" in os.environ:
-        jax.distributed.initialize(
-            os.environ["SAWT_COORDINATOR"],
-            num_processes=int(os.environ["SAWT_NUM_PROCESSES"]),
-            process_id=int(os.environ["SAWT_PROCESS_ID"]),
-            **kwargs,
-        )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
-        jax.distributed.initialize(**kwargs)  # GKE JobSet: coordinator and ids come from the TPU env
-
-
-def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, ...]:
-    """Axis sizes (data, fsdp, expert, tensor), filling the one -1 axis with the remaining devices."""
-    sizes = [cfg.data, cfg.fsdp, cfg.expert, cfg.tensor]
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if -1 in sizes:
-        if n_devices % known:
-            raise configlib.ConfigError(
-                f"mesh: {n_devices} devices do not divide by the fixed axes ({known})"
-            )
-        sizes[sizes.index(-1)] = n_devices // known
-    if int(np.prod(sizes)) != n_devices:
-        raise configlib.ConfigError(
-            f"mesh: data*fsdp*expert*tensor = {int(np.prod(sizes))} but there are {n_devices} devices"
-        )
-    return tuple(sizes)
-
-
-def build_mesh(cfg: MeshConfig, devices: list[Any] | None = None) -> Mesh:
-    devices = devices if devices is not None else jax.devices()
-    shape = mesh_shape(cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
-
-
-def default_param_sharding(abstract_params: Any, mesh: Mesh) -> Any:
-    """FSDP fallback: shard each array's largest dimension that divides by the fsdp axis; else replicate."""
-    fsdp = mesh.shape["fsdp"]
-
-    def spec(x: Any) -> NamedSharding:
-        dims = [None] * len(x.shape)
-        candidates = [i for i, d in enumerate(x.shape) if fsdp > 1 and d % fsdp == 0]
-        if candidates:
-            dims[max(candidates, key=lambda i: x.shape[i])] = "fsdp"
-        return NamedSharding(mesh, P(*dims))
-
-    return jax.tree.map(spec, abstract_params)
-
-
-def state_shardings(abstract_state: dict[str, Any], param_shardings: Any, mesh: Mesh) -> dict[str, Any]:
-    """Optimizer moments follow their parameter's sharding; scalars and counters are replicated."""
-    replicated = NamedSharding(mesh, P())
-    # optax nests param-shaped trees (mu, nu) inside its state; a leaf whose path ends with a parameter's
-    # path and has its shape takes that parameter's sharding.
-    flat_params = [
-        (optim.path_str(path), sharding, leaf.shape)
-        for (path, sharding), leaf in zip(
-            jax.tree_util.tree_flatten_with_path(param_shardings)[0],
-            jax.tree.leaves(abstract_state["params"]),
-            strict=True,
-        )
-    ]
-
-    def opt_leaf(path: Any, x: Any) -> NamedSharding:
-        key = "/" + optim.path_str(path)
-        for pkey, sharding, shape in flat_params:
-            if key.endswith("/" + pkey) and tuple(x.shape) == tuple(shape):
-                return sharding
-        return replicated
-
-    return {
-        "params": param_shardings,
-        "opt_state": jax.tree_util.tree_map_with_path(opt_leaf, abstract_state["opt_state"]),
-        **{k: replicated for k in abstract_state if k not in ("params", "opt_state")},
-    }
-
-
-def batch_sharding(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, NamedSharding]:
-    return {k: NamedSharding(mesh, P(BATCH_AXES, *([None] * (v.ndim - 1)))) for k, v in batch.items()}
-
-
-def to_global(mesh: Mesh, local: dict[str, Any]) -> dict[str, jax.Array]:
-    """Assembles each process's rows into global arrays (the batch axis is sharded over data x fsdp x expert)."""
-    arrays = {k: v for k, v in local.items() if k != "meta"}
-    shardings = batch_sharding(mesh, arrays)
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in arrays.items()}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Preemption
-
-
-class Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary (all processes agree on which).
-
-    If no step boundary comes within ``grace_seconds`` (a stuck input, a long evaluation), the process exits
-    42 without a new checkpoint rather than wait for the SIGKILL: resume then starts from the previous
-    complete checkpoint, which is safe because checkpoints commit atomically.
-    """
-
-    def __init__(self, grace_seconds: float = 25.0) -> None:
-        self.requested_at: float | None = None
-        self.grace_seconds = grace_seconds
-        self.saving = False
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._handler)
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested_at is None:
-            self.requested_at = time.monotonic()
-            print("SIGTERM: will save a checkpoint at the next step boundary and exit 42", flush=True)
-            timer = threading.Timer(self.grace_seconds, self._expire)
-            timer.daemon = True
-            timer.start()
-
-    def _expire(self) -> None:
-        if not self.saving:
-            print(
-                f"SIGTERM: no step boundary within {self.grace_seconds:g} s; exiting {EXIT_PREEMPTED} without "
-                "a new checkpoint (resume uses the last complete one)",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(EXIT_PREEMPTED)
-
-    def agreed(self) -> bool:
-        """True on every process once any process got SIGTERM (a tiny all-gather when multi-process)."""
-        flag = np.int32(self.requested_at is not None)
-        if jax.process_count() > 1:
-            flag = np.max(multihost_utils.process_allgather(flag))
-        return bool(flag)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def params_sha256(params: Any) -> str:
-    """SHA-256 over all parameter bytes, leaves in sorted path order (dtype and shape included)."""
-    digest = hashlib.sha256()
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, leaf in sorted(flat, key=lambda kv: optim.path_str(kv[0])):
-        arr = np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-        digest.update(optim.path_str(path).encode())
-        digest.update(str(arr.dtype).encode() + str(arr.shape).encode())
-        digest.update(np.ascontiguousarray(arr).tobytes())
-    return digest.hexdigest()
-
-
-def _gather_json(obj: Any) -> list[Any]:
-    """Every process's JSON-able ``obj``, in process order (for per-process data-iterator states)."""
-    if jax.process_count() == 1:
-        return [obj]
-    raw = json.dumps(obj).encode()
-    size = int(np.max(multihost_utils.process_allgather(np.int32(len(raw)))))
-    buf = np.zeros(size, np.uint8)
-    buf[: len(raw)] = np.frombuffer(raw, np.uint8)
-    gathered = np.asarray(multihost_utils.process_allgather(buf))
-    return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in gathered]
 
 
 def _memory_stats() -> dict[str, float | None]:
@@ -272,12 +60,6 @@ def _memory_stats() -> dict[str, float | None]:
 def _to_float(x: Any) -> Any:
     arr = np.asarray(x)
     return arr.tolist() if arr.ndim else float(arr)
-
-
-def load_backend(cfg: ExperimentConfig, plugin: str | None) -> Backend:
-    """The real Thinker + Grain loader backend, or ``plugin``'s ``backend(cfg)`` (tests' stand-in)."""
-    module = importlib.import_module(plugin or "trainer.backend")
-    return module.backend(cfg)
 
 
 @dataclasses.dataclass
@@ -463,7 +245,7 @@ def _train(
             "nonfinite_in_a_row": int(jax.device_get(state["nonfinite_in_a_row"])),
             "nonfinite_total": int(jax.device_get(state["nonfinite_total"])),
             "loss": last_loss,
-            "data_states": _gather_json(data.get_state()),
+            "data_states": gather_json(data.get_state()),
             "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
             # Orbax keeps the metric only in memory; recorded here, `resolve_checkpoint` finds the best step.
             "wer": wer,
@@ -481,8 +263,6 @@ def _train(
     def evaluate(at: int) -> float | None:
         if backend.generate is None:
             return None
-        from trainer.evaluate import evaluate as run_eval
-
         result = run_eval(cfg.eval, backend, state["params"], mesh, pi, pc, rows)
         metrics.record_eval(result)
         overall = result["overall"]

@@ -82,8 +82,10 @@ def _run(args: argparse.Namespace) -> int:
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_num_cpu_devices", int(devices))
 
+    from trainer.backend import load_backend
     from trainer.config import load_experiment
-    from trainer.train import init_distributed, load_backend, run
+    from trainer.distributed import init_distributed
+    from trainer.train import run
 
     cfg = load_experiment(args.config, args.overrides)
     init_distributed(cfg)

@@ -157,7 +157,7 @@ def load_params(path: str) -> dict[str, Any]:
 
 
 def backend(cfg: Any) -> Any:
-    from trainer.train import Backend
+    from trainer.backend import Backend
 
     def make_data(split: str, process_index: int, process_count: int, rows: int) -> StandinData:
         cls = StandinData if split == "train" else _EvalData

@@ -7,8 +7,9 @@ import numpy as np
 from trainer import optim
 from trainer.backend import backend as real_backend
 from trainer.config import load_experiment
+from trainer.distributed import build_mesh, to_global
 from trainer.model.geometry import encoder_token_count
-from trainer.train import build_mesh, build_program, to_global
+from trainer.train import build_program
 
 
 def _batch(rows=8, seq=32, frames=100):
