@@ -31,20 +31,32 @@ import numpy as np
 SAMPLE_RATE = 16000
 
 
-def _best_per_call(fn: Callable[[], Any], repeat: int, number: int) -> tuple[float, float]:
-    """Best-of-``repeat`` mean (wall, CPU) seconds per call over ``number`` calls.
+def interleaved_per_call(
+    sides: dict[str, Callable[[], Any]], rounds: int, number: int
+) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per call of each side, the sides interleaved round by round.
 
-    CPU time (this process, user + system) leaves out the time other processes on a shared machine take
-    the core away, so it is the steadier figure there; the best repeat is the least disturbed one.
+    Each round runs every side ``number`` times in turn (bench/harness.py `interleave`), so a burst of
+    load on the shared machine hits both sides. CPU time (this process, user + system) leaves out the time
+    other processes take the core away, so it is the steadier figure there; the median over rounds is
+    the headline, not the best round.
     """
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeat):
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(number):
-            fn()
-        best_cpu = min(best_cpu, (time.process_time() - c0) / number)
-        best_wall = min(best_wall, (time.perf_counter() - w0) / number)
-    return best_wall, best_cpu
+    from bench.harness import interleave
+
+    wall: dict[str, list[float]] = {name: [] for name in sides}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(number):
+                fn()
+            wall[name].append((time.perf_counter() - w0) / number)
+            return (time.process_time() - c0) / number
+
+        return run
+
+    cpu = interleave({name: timed(name, fn) for name, fn in sides.items()}, rounds)
+    return {name: (float(np.median(wall[name])), cpu[name].median) for name in sides}
 
 
 def _clip_records(seconds: float, count: int, seed: int = 0) -> list[bytes]:
@@ -104,11 +116,23 @@ def bench_example_decode(quick: bool) -> dict[str, Any]:
     assert np.array_equal(ours["audio"], theirs["audio"]) and ours["text"] == theirs["text"]
 
     repeat, number = (3, 50) if quick else (7, 300)
-    hot_ours = _best_per_call(lambda: decode_example(data), repeat, number)
-    hot_speech = _best_per_call(lambda: decode_speech(data), repeat, number)
-    hot_pb = _best_per_call(lambda: _protobuf_to_numpy(pb, data, False), repeat, number)
+    hot = interleaved_per_call(
+        {
+            "ours": lambda: decode_example(data),
+            "speech": lambda: decode_speech(data),
+            "protobuf": lambda: _protobuf_to_numpy(pb, data, False),
+        },
+        repeat,
+        number,
+    )
+    hot_ours, hot_speech, hot_pb = hot["ours"], hot["speech"], hot["protobuf"]
     el_number = 3 if quick else 10
-    hot_pb_el = _best_per_call(lambda: _protobuf_to_numpy(pb, data, True), 2 if quick else 3, el_number)
+    hot_el = interleaved_per_call(
+        {"ours": lambda: decode_example(data), "protobuf": lambda: _protobuf_to_numpy(pb, data, True)},
+        2 if quick else 3,
+        el_number,
+    )
+    hot_pb_el = hot_el["protobuf"]
 
     def walk(fn: Callable[[bytes], Any]) -> Callable[[], None]:
         def run() -> None:
@@ -118,11 +142,22 @@ def bench_example_decode(quick: bool) -> dict[str, Any]:
         return run
 
     n = len(records)
-    stream_ours = [t / n for t in _best_per_call(walk(decode_example), repeat, 1)]
-    stream_pb = [t / n for t in _best_per_call(walk(lambda r: _protobuf_to_numpy(pb, r, False)), repeat, 1)]
-    # For reference: the pure-Python fast path (what a machine without a C compiler runs).
-    with use_fast_decoder("python"):
-        stream_py = [t / n for t in _best_per_call(walk(decode_example), repeat, 1)]
+
+    def python_fast_path() -> None:
+        # For reference: the pure-Python fast path (what a machine without a C compiler runs).
+        with use_fast_decoder("python"):
+            walk(decode_example)()
+
+    stream = interleaved_per_call(
+        {
+            "ours": walk(decode_example),
+            "protobuf": walk(lambda r: _protobuf_to_numpy(pb, r, False)),
+            "python": python_fast_path,
+        },
+        repeat,
+        1,
+    )
+    stream_ours, stream_pb, stream_py = ([t / n for t in stream[k]] for k in ("ours", "protobuf", "python"))
     wall, cpu = 0, 1
     return {
         "example_decode_speedup": stream_pb[cpu] / stream_ours[cpu],
@@ -167,23 +202,32 @@ def bench_convert(quick: bool) -> dict[str, Any]:
                 for r in _clip_records(seconds, per_shard, seed=s):
                     w.write(r)
         nbytes = sum(p.stat().st_size for p in (root / "src").rglob("*.tfrecord"))
-        cp_times, convert_times = [], []
-        for attempt in range(1 if quick else 3):
+        from bench.harness import interleave
+
+        def convert() -> float:
             t0 = time.perf_counter()
-            subprocess.run(["cp", "-r", str(root / "src"), str(root / f"cp{attempt}")], check=True)
-            cp_times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            dst = root / f"dst{attempt}"
             with contextlib.redirect_stdout(io.StringIO()):  # its report is not the benchmark's output
-                rc = sawt(["data", "convert", "--src", str(root / "src"), "--dst", str(dst)])
-            convert_times.append(time.perf_counter() - t0)
+                rc = sawt(["data", "convert", "--src", str(root / "src"), "--dst", str(root / "dst")])
+            seconds = time.perf_counter() - t0
             if rc != 0:
                 raise RuntimeError(f"sawt data convert failed with exit code {rc}")
-            shutil.rmtree(root / f"cp{attempt}")
-            shutil.rmtree(root / f"dst{attempt}")
-    cp_s, convert_s = min(cp_times), min(convert_times)
+            shutil.rmtree(root / "dst")
+            return seconds
+
+        def cp_timed() -> float:
+            t0 = time.perf_counter()
+            subprocess.run(["cp", "-r", str(root / "src"), str(root / "cp")], check=True)
+            seconds = time.perf_counter() - t0
+            shutil.rmtree(root / "cp")
+            return seconds
+
+        samples = interleave({"cp": cp_timed, "convert": convert}, 1 if quick else 3)
+    cp_s, convert_s = samples["cp"].median, samples["convert"].median
     return {
         "convert_vs_cp_ratio": convert_s / cp_s,
+        "convert_vs_cp_ratio_rounds": [
+            c / p for c, p in zip(samples["convert"].seconds, samples["cp"].seconds, strict=True)
+        ],
         "convert_seconds": convert_s,
         "cp_seconds": cp_s,
         "bytes": nbytes,

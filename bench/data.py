@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -53,19 +51,25 @@ def _resolve(module: str, function: str) -> Callable[[bool], dict[str, Any]] | s
         return f"{module} has no {function}() yet"
 
 
-def run(quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs every section; returns the headline keys, the sections and the machine."""
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        },
-        "quick": quick,
-        "sections": {},
-        "missing": {},
-    }
+# Every timed path of this suite runs on one core by design (ours and the peers alike).
+THREAD_BUDGET = {
+    "threads": 1,
+    "ours": "single-threaded by design (scipy FFT with one worker, no BLAS); the loader pinned to one core",
+    "peer": "protobuf single-threaded; HF's extractor in a child with OPENBLAS/OMP/MKL_NUM_THREADS=1; cp",
+}
+
+
+def run(quick: bool, log: Callable[[str], None] = print, refuse_loaded: bool = False) -> dict[str, Any]:
+    """Runs every section; returns the headline keys, the sections, the machine and the load."""
+    from bench.harness import bench_run
+
+    with bench_run("data", refuse_loaded=refuse_loaded) as results:
+        results.update(quick=quick, thread_budget=THREAD_BUDGET, sections={}, missing={})
+        _run_sections(quick, log, results)
+    return results
+
+
+def _run_sections(quick: bool, log: Callable[[str], None], results: dict[str, Any]) -> None:
     for section, module, function in _sections():
         bench = _resolve(module, function)
         if isinstance(bench, str):
@@ -79,7 +83,6 @@ def run(quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
         for key in HEADLINE:
             if key in figures:
                 results[key] = figures[key]
-    return results
 
 
 def report(results: dict[str, Any]) -> str:
@@ -91,12 +94,18 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"{key:<32} {text:>12}")
     for section, why in results["missing"].items():
         lines.append(f"({section}: {why})")
+    lines.append(
+        f"load average {results['load_average_before']:.2f} before, {results['load_average_after']:.2f} "
+        f"after (limit {results['load_average_limit']:g}): loaded={results['loaded']}"
+    )
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of `sawt bench data` (``args.quick``, ``args.json``)."""
-    results = run(bool(getattr(args, "quick", False)))
+    results = run(
+        bool(getattr(args, "quick", False)), refuse_loaded=bool(getattr(args, "refuse_loaded", False))
+    )
     print(report(results))
     if getattr(args, "json", None):
         from core.fileio import atomic_write_json
@@ -110,4 +119,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--refuse-loaded", action="store_true")
     sys.exit(main(parser.parse_args()))

@@ -6,7 +6,8 @@
 Peers:
 - log-mel: HF's ``WhisperFeatureExtractor(feature_size=128)`` on the same clip, alone (``padding="longest"``,
   i.e. no padding; what the Qwen3-Omni processor computes per utterance), in a child process with one BLAS
-  thread. Figures are CPU time per clip (see `_best_per_call`: the sandbox is shared). Also reported: the max abs difference
+  thread. Figures are CPU time per clip (see `_cpu_per_call`: the sandbox is shared), medians over rounds that
+  alternate ours and HF's (bench/harness.py `interleave`). Also reported: the max abs difference
   of the two log-mels over every clip timed.
 - loader: the whole per-clip path of `trainer.data.loader` (ArrayRecord read, Example decode, log-mel,
   tokenise, prompt + labels, bucket padding, batch) over ten-second clips with Grain running the featuriser in
@@ -31,20 +32,17 @@ import numpy as np
 SAMPLE_RATE = 16000
 
 
-def _best_per_call(fn: Callable[[], Any], repeat: int, number: int) -> float:
-    """Best-of-``repeat`` mean CPU seconds of this process per call over ``number`` calls.
+def _cpu_per_call(fn: Callable[[], Any], number: int) -> float:
+    """Mean CPU seconds of this process per call over ``number`` calls.
 
     CPU time, not wall time: the sandbox is a 2-core machine shared with other jobs (load averages of 8-12),
     where wall time measures the neighbours. Every timed path here is single-threaded (ours by design, HF's
     in a child with one BLAS thread), so CPU time is the one-core cost.
     """
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.process_time()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.process_time() - t0) / number)
-    return best
+    t0 = time.process_time()
+    for _ in range(number):
+        fn()
+    return (time.process_time() - t0) / number
 
 
 def _speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -83,18 +81,22 @@ def _hf_logmel(extractor, wave: np.ndarray) -> np.ndarray:
     return out["input_features"][0]
 
 
-def _hf_seconds_single_thread(seconds: float, repeat: int, number: int) -> float:
-    """HF's extractor timed in a child process whose BLAS runs one thread (the same clip as in-process)."""
+def _hf_seconds_single_thread(seconds: float, number: int) -> float:
+    """HF's extractor timed in a child process whose BLAS runs one thread (the same clip as in-process).
+
+    One round: a warm-up call, then the mean CPU seconds per call over ``number`` calls.
+    """
     import subprocess
 
     code = (
         "import sys, bench.features as f\n"
         "e = f._hf_extractor(); w = f._speechlike(float(sys.argv[1]), int(float(sys.argv[1])))\n"
-        "print(f._best_per_call(lambda: f._hf_logmel(e, w), int(sys.argv[2]), int(sys.argv[3])))\n"
+        "f._hf_logmel(e, w)\n"
+        "print(f._cpu_per_call(lambda: f._hf_logmel(e, w), int(sys.argv[2])))\n"
     )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(seconds), str(repeat), str(number)],
+        [sys.executable, "-c", code, str(seconds), str(number)],
         capture_output=True,
         text=True,
         env=env,
@@ -114,6 +116,7 @@ def bench_logmel(quick: bool) -> dict[str, Any]:
         ``logmel_speedup`` (10 s clip), ``logmel_max_abs_diff`` (over every clip timed), per-length speedups
         and milliseconds per clip.
     """
+    from bench.harness import interleave
     from trainer.data.audio import log_mel
 
     repeat, number = (3, 5) if quick else (7, 20)
@@ -121,8 +124,14 @@ def bench_logmel(quick: bool) -> dict[str, Any]:
     waves = {seconds: _speechlike(seconds, seed=int(seconds)) for seconds in (10.0, 3.0, 30.0)}
     for seconds, wave in waves.items():
         log_mel(wave)  # warm the caches (filterbank, window)
-        t_ours = _best_per_call(lambda w=wave: log_mel(w), repeat, number)
-        t_hf = _hf_seconds_single_thread(seconds, repeat, max(1, number // 2))
+        samples = interleave(
+            {
+                "ours": lambda w=wave: _cpu_per_call(lambda: log_mel(w), number),
+                "hf": lambda s=seconds: _hf_seconds_single_thread(s, max(1, number // 2)),
+            },
+            repeat,
+        )
+        t_ours, t_hf = samples["ours"].median, samples["hf"].median
         tag = f"{seconds:g}s"
         out[f"logmel_speedup_{tag}"] = t_hf / t_ours
         out[f"cpu_ms_ours_{tag}"] = t_ours * 1e3
@@ -184,20 +193,27 @@ def bench_loader(quick: bool) -> dict[str, Any]:
             num_threads=0,  # featurise in the calling thread: one core's worth of work, no overlap
             prefetch_batches=0,
         )
-        with one_core() as core:
-            best = float("inf")
-            ok = 0
-            for _ in range(1 if quick else 3):
-                loader = make_loader(config, tok, "train", 0, 1, 0, rows, num_epochs=1)
+        from bench.harness import interleave
+
+        def epoch() -> float:
+            loader = make_loader(config, tok, "train", 0, 1, 0, rows, num_epochs=1)
+            with one_core():
                 t0 = time.process_time()
                 statuses = [s for batch in loader for s in batch["meta"]["status"]]
-                best = min(best, time.process_time() - t0)
-                ok = statuses.count("ok")
+                seconds = time.process_time() - t0
+            ok = statuses.count("ok")
             if ok != count:
                 raise RuntimeError(f"the loader used {ok} of {count} clips: {set(statuses)}")
+            return seconds
+
         # The peer as in bench_logmel: CPU time in a child process with one BLAS thread.
-        t_hf = _hf_seconds_single_thread(seconds, 3, 3 if quick else 10)
-    clips_per_s = count / best
+        samples = interleave(
+            {"loader": epoch, "hf": lambda: _hf_seconds_single_thread(seconds, 3 if quick else 10)},
+            1 if quick else 3,
+        )
+        core = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    clips_per_s = count / samples["loader"].median
+    t_hf = samples["hf"].median
     return {
         "loader_clips_per_s_one_core": clips_per_s,
         "loader_vs_hf_mel_only": clips_per_s * t_hf,

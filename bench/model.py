@@ -87,22 +87,50 @@ def prompt_only(batch: dict) -> dict:
     return out
 
 
-def _run_ref(mode: str, hf_dir: Path, batch_path: Path, out: Path, *extra: str) -> dict:
-    cmd = [
-        str(REF_PYTHON),
-        str(HF_REF),
-        mode,
-        "--hf",
-        str(hf_dir),
-        "--batch",
-        str(batch_path),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=3600)
-    if proc.returncode:
-        raise RuntimeError(f"HF reference ({mode}) failed:\n{proc.stderr[-4000:]}")
-    return json.loads(out.read_text())
+class HFPeer:
+    """The HF PyTorch side as a long-lived `bench/hf_ref.py worker` in `.venv-ref`, one request per round.
+
+    Its stderr (model-loading chatter) goes to a file whose tail is shown if the worker fails.
+    """
+
+    def __init__(self, hf_dir: Path, train_npz: Path, decode_npz: Path, budget, work: Path):
+        self._log = (work / "hf_worker.log").open("w+")
+        cmd = [str(REF_PYTHON), str(HF_REF), "worker", "--hf", str(hf_dir), "--train", str(train_npz),
+               "--decode", str(decode_npz), "--threads", str(budget.threads)]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, **budget.env()},
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self._log.seek(0)
+            raise RuntimeError(f"HF reference worker failed:\n{self._log.read()[-4000:]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"HF reference worker: {reply['error']}")
+        return reply
+
+    def request(self, op: str, n: int) -> dict:
+        self.proc.stdin.write(f"{op} {n}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self._log.close()
 
 
 def _load_ours(ckpt: Path):
@@ -118,8 +146,11 @@ def _load_ours(ckpt: Path):
     return model
 
 
-def our_train_tokens_per_s(model, batch: dict, steps: int) -> tuple[float, float]:
-    """(tokens/s, last loss) of a jitted forward+backward (loss incl. router aux) over `steps` repeats."""
+def our_train_step(model, batch: dict):
+    """A compiled forward+backward (loss incl. router aux) on `batch`: returns run() -> last loss.
+
+    The same work as HF's side: one `value_and_grad` of `thinker_loss`, no optimizer update.
+    """
     import jax
     from flax import nnx
 
@@ -136,28 +167,74 @@ def our_train_tokens_per_s(model, batch: dict, steps: int) -> tuple[float, float
 
         return jax.value_and_grad(loss_fn)(params)
 
-    jax.block_until_ready(step(params, batch))  # compile
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss, grads = step(params, batch)
-    jax.block_until_ready(grads)
-    seconds = time.perf_counter() - t0
-    return int(batch["token_mask"].sum()) * steps / seconds, float(loss)
+    device_batch = jax.tree.map(jax.numpy.asarray, batch)
+
+    def run() -> float:
+        loss, grads = step(params, device_batch)
+        jax.block_until_ready(grads)
+        return float(loss)
+
+    run()  # compile
+    return run
 
 
-def our_decode_tokens_per_s(model, prompt: dict, new_tokens: int, repeats: int) -> tuple[float, np.ndarray]:
-    """(tokens/s, ids) of `greedy_generate` producing exactly `new_tokens` per row (no stop ids)."""
+def our_generate(model, prompt: dict, new_tokens: int):
+    """`greedy_generate` producing exactly `new_tokens` per row (no stop ids): returns run() -> ids."""
     import jax
 
     from trainer.model.generate import greedy_generate
 
-    jax.block_until_ready(greedy_generate(model, prompt, new_tokens, stop_ids=()))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    def run() -> np.ndarray:
         ids, _ = jax.block_until_ready(greedy_generate(model, prompt, new_tokens, stop_ids=()))
-        times.append(time.perf_counter() - t0)
-    return ids.size / min(times), np.asarray(ids)
+        return np.asarray(ids)
+
+    run()  # compile
+    return run
+
+
+def compare(
+    peer: HFPeer | None, ours, peer_op: str, n: int, repeat: int, rounds: int, work: float, clock=None
+):
+    """Interleaves our side (``ours()`` run ``repeat`` times per round) with the peer's ``peer_op n``.
+
+    Returns (figures, last peer reply): each side's seconds per round summarised, its rate (``work`` per
+    round / median seconds) and the ratio with its per-round range.
+    """
+    from bench.harness import interleave, ratio
+
+    last: dict = {}
+
+    def our_round() -> None:
+        for _ in range(repeat):
+            ours()
+
+    def peer_round() -> float:
+        nonlocal last
+        last = peer.request(peer_op, n)
+        return last["seconds"]
+
+    sides = {"ours": our_round} if peer is None else {"hf": peer_round, "ours": our_round}
+    kwargs = {} if clock is None else {"clock": clock}
+    samples = interleave(sides, rounds, pause_s=0.25, **kwargs)
+    out = {name: s.summary(work, unit="tokens_per_s") for name, s in samples.items()}
+    if peer is not None:
+        out["speedup_vs_hf"] = ratio(samples["hf"], samples["ours"])
+    return out, last
+
+
+def headline(train: dict, decode: dict, hf_train: dict, hf_decode: dict, our_ids: np.ndarray) -> dict:
+    """The contract's ratio keys (and the peer's figures) from `compare`'s results; None without a peer."""
+    if "hf" not in train:
+        return {"train_tokens_per_s_speedup_vs_hf": None, "decode_tokens_per_s_speedup_vs_hf": None}
+    hf_ids = np.asarray(hf_decode["ids"])
+    return {
+        "hf_train_tokens_per_s": train["hf"]["tokens_per_s"],
+        "hf_train_loss": hf_train["loss"],
+        "train_tokens_per_s_speedup_vs_hf": train["speedup_vs_hf"]["median"],
+        "hf_decode_tokens_per_s": decode["hf"]["tokens_per_s"],
+        "decode_tokens_per_s_speedup_vs_hf": decode["speedup_vs_hf"]["median"],
+        "decode_first_token_agreement": float(np.mean(hf_ids[:, 0] == our_ids[:, 0])),
+    }
 
 
 def convert_rss(work: Path, layers: int) -> dict:
@@ -214,50 +291,68 @@ def convert_rss(work: Path, layers: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from tools.dev.synthetic_hf import write_synthetic_hf
-    from tools.hf.convert import hf_to_orbax
-    from trainer.config import load_experiment
+    from bench.harness import ThreadBudget, bench_run
 
+    budget = ThreadBudget.for_threads(getattr(args, "threads", None))
     quick = bool(getattr(args, "quick", False))
-    results: dict = {"machine": f"{os.cpu_count()}-core CPU", "quick": quick}
-    with tempfile.TemporaryDirectory(prefix="sawt-bench-model-") as tmp:
-        work = Path(tmp)
-        results.update(convert_rss(work, layers=1 if quick else 4))
+    with (
+        bench_run("model", refuse_loaded=bool(getattr(args, "refuse_loaded", False))) as results,
+        tempfile.TemporaryDirectory(prefix="sawt-bench-model-") as tmp,
+    ):
+        budget.apply_here()  # before JAX creates its CPU client: the affinity sizes its thread pools
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        from tools.dev.synthetic_hf import write_synthetic_hf
+        from tools.hf.convert import hf_to_orbax
+        from trainer.config import load_experiment
 
+        results.update(quick=quick, thread_budget=budget.describe())
+        work = Path(tmp)
         config = load_experiment("small", []).model
         results["config"] = config.name
         hf = write_synthetic_hf(work / "hf", config, prefix="", dtype="fp32", scale=0.3)
         hf_to_orbax(hf, work / "ckpt", log=lambda *_: None, show_progress=False)
         model = _load_ours(work / "ckpt")
         train_batch = asr_batch(config, batch_size=2 if quick else 4, audio_s=4.0, transcript_len=24)
-        steps = 2 if quick else 5
-        ours_train, ours_loss = our_train_tokens_per_s(model, train_batch, steps)
-        results.update(train_tokens_per_s=ours_train, train_loss=ours_loss)
         decode_batch = prompt_only(asr_batch(config, batch_size=8, audio_s=3.0, transcript_len=4, seed=1))
         new_tokens = 8 if quick else 32
-        ours_decode, our_ids = our_decode_tokens_per_s(model, decode_batch, new_tokens, repeats=2)
-        results.update(decode_tokens_per_s=ours_decode, decode_batch=8, decode_new_tokens=new_tokens)
-
+        steps, rounds = (2, 3) if quick else (3, 9)
+        train_tokens = int(train_batch["token_mask"].sum())
+        results.update(
+            train_batch_rows=int(train_batch["input_ids"].shape[0]),
+            train_batch_tokens=train_tokens,
+            train_steps_per_round=steps,
+            rounds=rounds,
+            decode_batch=8,
+            decode_new_tokens=new_tokens,
+        )
+        peer = None
         if REF_PYTHON.exists():
             np.savez(work / "train.npz", **train_batch)
             np.savez(work / "decode.npz", **decode_batch)
-            hf_train = _run_ref("train", hf, work / "train.npz", work / "t.json", "--steps", str(steps))
-            hf_decode = _run_ref(
-                "generate", hf, work / "decode.npz", work / "g.json", "--new-tokens", str(new_tokens)
-            )
-            hf_ids = np.asarray(hf_decode["ids"])
-            results.update(
-                hf_train_tokens_per_s=hf_train["tokens_per_s"],
-                hf_train_loss=hf_train["loss"],
-                train_tokens_per_s_speedup_vs_hf=ours_train / hf_train["tokens_per_s"],
-                hf_decode_tokens_per_s=hf_decode["tokens_per_s"],
-                decode_tokens_per_s_speedup_vs_hf=ours_decode / hf_decode["tokens_per_s"],
-                decode_first_token_agreement=float(np.mean(hf_ids[:, 0] == our_ids[:, 0])),
-            )
+            _log("starting the HF PyTorch peer (.venv-ref) ...")
+            peer = HFPeer(hf, work / "train.npz", work / "decode.npz", budget, work)
+            results["hf_threads"] = peer.info.get("threads")
         else:
             _log(f"no HF reference venv at {REF_PYTHON}: run `make goldens` to create it; HF ratios skipped")
-            results.update(train_tokens_per_s_speedup_vs_hf=None, decode_tokens_per_s_speedup_vs_hf=None)
+        try:
+            _log(f"train: {rounds} interleaved rounds of {steps} steps per side ...")
+            ours_train = our_train_step(model, train_batch)
+            train, hf_train = compare(peer, ours_train, "train", steps, steps, rounds, train_tokens * steps)
+            results["train"] = train
+            results.update(train_tokens_per_s=train["ours"]["tokens_per_s"], train_loss=ours_train())
+            _log(f"decode: {rounds} interleaved rounds of greedy batch-8 generation ...")
+            ours_decode = our_generate(model, decode_batch, new_tokens)
+            decode, hf_decode = compare(peer, ours_decode, "generate", new_tokens, 1, rounds, 8 * new_tokens)
+            results["decode"] = decode
+            results["decode_tokens_per_s"] = decode["ours"]["tokens_per_s"]
+            results.update(headline(train, decode, hf_train, hf_decode, ours_decode()))
+        finally:
+            if peer is not None:
+                peer.close()
+    # Last, and outside the load frame: its multi-GB disk writes would disturb the timed figures above
+    # and raise the load average read after them. A memory figure, not a timed ratio.
+    with tempfile.TemporaryDirectory(prefix="sawt-bench-convert-") as tmp:
+        results.update(convert_rss(Path(tmp), layers=1 if quick else 4))
 
     _print(results)
     if getattr(args, "json", None):
@@ -286,10 +381,20 @@ def _print(results: dict) -> None:
         ),
     ]
     for label, ours, hf, ratio in lines:
-        print(f"{label}: {fmt(results.get(ours))} / {fmt(results.get(hf))} -> {fmt(results.get(ratio))}x")
+        line = f"{label}: {fmt(results.get(ours))} / {fmt(results.get(hf))} -> {fmt(results.get(ratio))}x"
+        section = results.get(ours.split("_tokens")[0], {})
+        if "speedup_vs_hf" in section:
+            r = section["speedup_vs_hf"]
+            line += f" (rounds {fmt(r['min'])}-{fmt(r['max'])}x)"
+        print(line)
     print(
         f"convert: {fmt(results['checkpoint_gb'])} GB checkpoint, peak RSS {fmt(results['peak_rss_gb'])} GB, "
         f"largest stacked tensor {fmt(results['largest_stacked_tensor_gb'])} GB -> peak minus largest "
         f"{fmt(results['convert_peak_rss_minus_largest_tensor_gb'])} GB (target <= 1), "
         f"{fmt(results['convert_gb_per_s'])} GB/s"
+    )
+    print(
+        f"load average {fmt(results['load_average_before'])} before, {fmt(results['load_average_after'])} "
+        f"after (limit {fmt(results['load_average_limit'])}): loaded={results['loaded']}; "
+        f"threads {results['thread_budget']['threads']} on cores {results['thread_budget']['cpus']}"
     )

@@ -28,7 +28,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -174,6 +173,8 @@ async def closed_loop(url: str, audio: bytes, clients: int, requests: int) -> di
         wall = time.perf_counter() - t0
         tokens = _generated_tokens(url) - tokens0
     return {
+        "latencies": latencies,
+        "wall_seconds": wall,
         "clients": clients,
         "requests": len(latencies),
         "errors": errors,
@@ -291,24 +292,57 @@ def _leaves(tree: Any) -> list[Any]:
     return [tree]
 
 
-def run(quick: bool, log=print) -> dict[str, Any]:
+def _combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One client count's interleaved rounds as one row: pooled requests and latencies, per-round throughput."""
+    latencies = [x for r in rounds for x in r.pop("latencies")]
+    wall = sum(r["wall_seconds"] for r in rounds)
+    requests = sum(r["requests"] for r in rounds)
+    tokens = sum(r["generated_tokens_per_s"] * r["wall_seconds"] for r in rounds)
+    return {
+        "clients": rounds[0]["clients"],
+        "requests": requests,
+        "errors": sum(r["errors"] for r in rounds),
+        "throughput_rps": requests / wall,
+        "throughput_rps_rounds": [r["throughput_rps"] for r in rounds],
+        "generated_tokens_per_s": tokens / wall,
+        "tokens_per_request": tokens / max(1, requests),
+        "p50_seconds": _pct(latencies, 50),
+        "p99_seconds": _pct(latencies, 99),
+    }
+
+
+# The two sides: the batched server and its peer, the same server taking one request at a time.
+SIDES = {"batched": 32, "serial": 1}
+
+
+def run(quick: bool, log=print, refuse_loaded: bool = False) -> dict[str, Any]:
+    from bench.harness import ThreadBudget, bench_run
+
+    with bench_run("serve", refuse_loaded=refuse_loaded) as results:
+        budget = ThreadBudget.for_threads()
+        results["thread_budget"] = {
+            **budget.describe(),
+            "ours": f"both servers (and the load generator) on the same {budget.threads} core(s); XLA's "
+            "pools sized by that affinity",
+            "peer": "the same server binary and checkpoint, --max-batch 1",
+        }
+        _run(quick, log, results)
+    return results
+
+
+def _run(quick: bool, log, results: dict[str, Any]) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from helpers.checkpoint import make_tiny_checkpoint
 
-    per_client = 2 if quick else 4
+    rounds = 1 if quick else 2
+    per_client = 2  # requests per client per round (batched side)
     audio = _wav(AUDIO_SECONDS)
     max_new = 64
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "setup": {
-            "audio_seconds": AUDIO_SECONDS,
-            "max_new_tokens": max_new,
-            "model_overrides": list(BENCH_MODEL),
-        },
+    results["setup"] = {
+        "audio_seconds": AUDIO_SECONDS,
+        "max_new_tokens": max_new,
+        "model_overrides": list(BENCH_MODEL),
+        "rounds": rounds,
     }
     with tempfile.TemporaryDirectory() as tmp:
         log("making a tiny checkpoint ...")
@@ -319,23 +353,32 @@ def run(quick: bool, log=print) -> dict[str, Any]:
         steps = ", ".join(f"{r} rows {ms:.1f} ms" for r, ms in prof["decode_ms_per_step"].items())
         log(f"  {prof['decoder_parameters'] / 1e6:.1f} M decoder parameters; prefill {prof['prefill_ms']:.1f} ms "
             f"({prof['prompt_tokens']} prompt tokens); decode step: {steps}")  # fmt: skip
-        for name, max_batch in (("batched", 32), ("serial", 1)):
-            log(f"starting the {name} server (--max-batch {max_batch}) ...")
-            server = Server(
-                checkpoint, max_batch, max_queue=256, max_new_tokens=max_new, window_s=AUDIO_SECONDS
-            )
-            try:
-                rows = []
-                for clients in (1, 8, 32):
-                    # The serial server needs ~30x longer per request: fewer requests keep its run short.
-                    n = max(8, clients * per_client) if name == "batched" else max(6, clients)
-                    row = asyncio.run(closed_loop(server.url, audio, clients, n))
+        # Both servers run at once and take turns (batched, serial, batched, ...): a burst of load on the
+        # shared machine hits both sides, not one. An idle server sleeps on its socket.
+        log("starting the batched (--max-batch 32) and serial (--max-batch 1) servers ...")
+        servers: dict[str, Server] = {}
+        try:
+            for name, max_batch in SIDES.items():
+                servers[name] = Server(
+                    checkpoint, max_batch, max_queue=256, max_new_tokens=max_new, window_s=AUDIO_SECONDS
+                )
+            rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SIDES}
+            for clients in (1, 8, 32):
+                per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in SIDES}
+                for _ in range(rounds):
+                    for name, server in servers.items():
+                        # The serial server needs ~30x longer per request: fewer requests keep its run short.
+                        n = max(8, clients * per_client) if name == "batched" else max(4, clients // rounds)
+                        per_round[name].append(asyncio.run(closed_loop(server.url, audio, clients, n)))
+                for name in SIDES:
+                    row = _combine(per_round[name])
                     log(f"  {name} {clients:>2} clients: {row['throughput_rps']:.2f} req/s "
                         f"({row['tokens_per_request']:.0f} tokens each), p50 {row['p50_seconds']:.3f} s, "
                         f"p99 {row['p99_seconds']:.3f} s")  # fmt: skip
-                    rows.append(row)
-                results[name] = rows
-            finally:
+                    rows[name].append(row)
+            results.update(rows)
+        finally:
+            for server in servers.values():
                 server.close()
         capacity = results["batched"][-1]["throughput_rps"]
         log(
@@ -359,11 +402,12 @@ def run(quick: bool, log=print) -> dict[str, Any]:
     results["overload_rss_growth_mb"] = (
         results["overload"]["rss_mb_peak"] - results["overload"]["rss_mb_start"]
     )
-    return results
 
 
 def main(args: argparse.Namespace) -> int:
-    results = run(bool(getattr(args, "quick", False)))
+    results = run(
+        bool(getattr(args, "quick", False)), refuse_loaded=bool(getattr(args, "refuse_loaded", False))
+    )
     headline = {k: v for k, v in results.items() if not isinstance(v, dict | list)}
     print(json.dumps(headline, indent=2))
     if getattr(args, "json", None):

@@ -12,21 +12,41 @@ SUITES = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from bench.harness import add_cli_flags
+
     parser = sub.add_parser(
         "bench",
         help="run a benchmark suite and print ratios against its peer",
         description="Run a benchmark suite. Each figure is a ratio against a peer measured in the same run, "
-        "so results are comparable across machines. Results go to stdout and, with --json, to a file.",
+        "both sides interleaved round by round with the same thread budget, reported as medians with "
+        "their spread. The JSON records the CPU, the cores and the load average before and after; a run "
+        'above half the cores\' load is marked "loaded": true (or refused with --refuse-loaded). '
+        "Results go to stdout and, with --json, to a file. Exit code 3: refused, the machine was loaded.",
     )
     suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
     for name, about in SUITES.items():
         suite = suites.add_parser(name, help=about, description=about)
         suite.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
         suite.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+        add_cli_flags(suite)
         suite.set_defaults(func=_run)
+
+
+# Exit code of a run refused because the machine was loaded (--refuse-loaded): retry later.
+EXIT_LOADED = 3
 
 
 def _run(args: argparse.Namespace) -> int:
     import importlib
+    import sys
 
-    return importlib.import_module(f"bench.{args.suite}").main(args)
+    from bench.harness import LoadedMachineError
+    from core.errors import UsageError
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        return importlib.import_module(f"bench.{args.suite}").main(args)
+    except LoadedMachineError as err:
+        print(f"sawt bench {args.suite}: refused: {err}", file=sys.stderr)
+        return EXIT_LOADED

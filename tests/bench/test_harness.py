@@ -1,0 +1,172 @@
+"""The benchmark harness (bench/harness.py): interleaving, the loaded flag, the thread budget, the JSON keys.
+
+Benchmarks are not timed tests: everything here runs on a fake clock and a fake load average, so the tests
+assert what the harness does with the numbers, never how fast anything is.
+"""
+
+import os
+
+import pytest
+
+from bench import harness
+from bench.harness import LoadCheck, LoadedMachineError, Samples, ThreadBudget, bench_run, interleave, ratio
+
+
+class FakeClock:
+    """A clock that each side advances by its own fixed cost, recording the order the sides ran in."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def side(self, name: str, cost: float):
+        def run():
+            self.calls.append(name)
+            self.now += cost
+
+        return run
+
+
+def test_interleave_alternates_the_sides_round_by_round():
+    clock = FakeClock()
+    samples = interleave({"a": clock.side("a", 2.0), "b": clock.side("b", 0.5)}, rounds=3, clock=clock)
+    assert clock.calls == ["a", "b", "a", "b", "a", "b"]
+    assert samples["a"].seconds == [2.0, 2.0, 2.0]
+    assert samples["b"].seconds == [0.5, 0.5, 0.5]
+
+
+def test_interleave_uses_the_seconds_a_side_reports_itself():
+    """A peer in another process times its own work; the pipe round trip must not count."""
+    clock = FakeClock()
+    reported = iter([1.0, 3.0])
+
+    def peer():
+        clock.now += 10.0  # wall time including the IPC
+        return next(reported)
+
+    samples = interleave({"peer": peer, "ours": clock.side("ours", 1.0)}, rounds=2, clock=clock)
+    assert samples["peer"].seconds == [1.0, 3.0]
+    assert samples["ours"].seconds == [1.0, 1.0]
+
+
+def test_interleave_pauses_between_sides_not_inside_the_timing():
+    clock = FakeClock()
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        clock.now += s
+
+    samples = interleave({"a": clock.side("a", 1.0)}, rounds=2, clock=clock, pause_s=0.25, sleep=sleep)
+    assert slept == [0.25, 0.25]
+    assert samples["a"].seconds == [1.0, 1.0]
+
+
+def test_interleave_needs_a_round():
+    with pytest.raises(ValueError):
+        interleave({"a": lambda: None}, rounds=0)
+
+
+def test_samples_summary_reports_median_and_spread():
+    s = Samples([4.0, 1.0, 2.0, 3.0, 10.0])
+    summary = s.summary(work=100.0, unit="tokens_per_s")
+    assert summary["median_s"] == 3.0
+    assert summary["min_s"] == 1.0 and summary["max_s"] == 10.0
+    assert summary["p25_s"] == 2.0 and summary["p75_s"] == 4.0
+    assert summary["spread"] == pytest.approx(9.0 / 3.0)
+    assert summary["tokens_per_s"] == pytest.approx(100.0 / 3.0)
+    assert summary["n"] == 5
+
+
+def test_ratio_is_peer_over_ours_at_the_medians_and_per_round():
+    peer = Samples([2.0, 4.0, 6.0])
+    ours = Samples([1.0, 1.0, 2.0])
+    r = ratio(peer, ours)
+    assert r["median"] == pytest.approx(4.0 / 1.0)
+    assert r["min"] == pytest.approx(2.0)
+    assert r["max"] == pytest.approx(4.0)
+    assert r["round_median"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "loaded"),
+    [(0.3, 0.9, False), (1.0, 1.0, False), (1.01, 0.2, True), (0.2, 3.5, True)],
+)
+def test_load_check_marks_a_run_above_half_the_cores(before, after, loaded):
+    values = iter([before, after])
+    check = LoadCheck(cores=2, loadavg=lambda: next(values))
+    check.start()
+    check.finish()
+    assert check.loaded is loaded
+    assert (check.warning() is not None) is loaded
+    assert check.fields() == {
+        "load_average_before": before,
+        "load_average_after": after,
+        "load_average_limit": 1.0,
+        "loaded": loaded,
+    }
+
+
+def test_load_check_refuses_a_loaded_machine_when_asked():
+    check = LoadCheck(cores=4, loadavg=lambda: 2.5)
+    with pytest.raises(LoadedMachineError, match=r"2\.50 is above 2"):
+        check.start(refuse=True)
+    assert LoadCheck(cores=4, loadavg=lambda: 1.5).start(refuse=True) == 1.5
+
+
+def test_bench_run_records_machine_load_and_warning():
+    values = iter([0.4, 7.0])
+    logged = []
+    with bench_run("model", load=LoadCheck(cores=2, loadavg=lambda: next(values)), log=logged.append) as r:
+        r["figure"] = 1.0
+    assert r["figure"] == 1.0
+    assert r["suite"] == "model"
+    assert r["load_average_before"] == 0.4 and r["load_average_after"] == 7.0
+    assert r["loaded"] is True
+    assert len(r["warnings"]) == 1 and "loaded machine" in r["warnings"][0]
+    assert any("WARNING" in line for line in logged)
+    machine = r["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_model"]
+
+
+def test_bench_run_quiet_machine_has_no_warning():
+    with bench_run("data", load=LoadCheck(cores=2, loadavg=lambda: 0.1), log=lambda _: None) as r:
+        pass
+    assert r["loaded"] is False and r["warnings"] == []
+
+
+def test_cpu_model_reads_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n")
+    assert harness.cpu_model(info) == "AMD EPYC 9B14"
+    assert harness.cpu_model(tmp_path / "missing")  # falls back to something, never raises
+
+
+def test_thread_budget_gives_both_sides_the_same_threads():
+    usable = sorted(os.sched_getaffinity(0))
+    budget = ThreadBudget.for_threads(1)
+    assert budget.threads == 1 and budget.cpus == (usable[0],)
+    assert budget.env() == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert ThreadBudget.for_threads().threads == len(usable)
+    described = budget.describe()
+    assert described["threads"] == 1 and "torch.set_num_threads(1)" in described["peer"]
+    with pytest.raises(ValueError):
+        ThreadBudget.for_threads(len(usable) + 1)
+
+
+def test_thread_budget_applies_to_a_child_process():
+    """The budget pins a process (children inherit it) and sets the BLAS/OpenMP thread counts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from bench.harness import ThreadBudget\n"
+        "ThreadBudget.for_threads(1).apply_here()\n"
+        "print(len(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
