@@ -128,7 +128,8 @@ class ModelConfig(Frozen):
         "auto",
         description="Expert dispatch: 'ragged' (jax.lax.ragged_dot grouped matmuls, native on TPU/GPU) and "
         "'blocked' (block-padded groups, the CPU path) sort tokens by expert so cost scales with top-k; "
-        "'dense' runs every expert on every token (test reference); 'auto' = ragged on TPU/GPU, blocked on CPU.",
+        "'dense' runs every expert on every token (test reference); 'auto' = ragged on TPU/GPU; on CPU dense "
+        "for a few tokens (decode) and blocked otherwise.",
     )
     remat_policy: Literal["none", "full", "dots", "dots_no_batch"] = Field(
         "none",
