@@ -39,7 +39,13 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 
 
 def gelu(x):
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU, x * Phi(x), written with erf as torch computes it.
+
+    `jax.nn.gelu(approximate=False)` uses erfc, which XLA:CPU lowers to two polynomial branches and a
+    select: on the first conv's [chunks, 64, 50, C] output that made the audio encoder's forward and
+    backward ~10% slower on CPU (docs/benchmarks.md, "Where the time goes"). Same values to ~1e-6.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (2**-0.5)))
 
 
 class AudioSelfAttention(nnx.Module):
