@@ -30,8 +30,12 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
     """
     from inference_server.model_engine import ModelEngine, TextSide
     from trainer.data.length import budget_for
-    from trainer.data.text import checkpoint_prompt
-    from trainer.model_checkpoint import companion_dir, load_model_checkpoint, load_model_config
+    from trainer.model_checkpoint import (
+        checkpoint_prompt,
+        companion_dir,
+        load_model_checkpoint,
+        load_model_config,
+    )
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():

@@ -75,10 +75,14 @@ class Transcriber:
 
         from trainer.data.length import budget_for
         from trainer.data.longform import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
-        from trainer.data.text import checkpoint_prompt
         from trainer.model.params import load_param_tree
         from trainer.model.thinker import Thinker
-        from trainer.model_checkpoint import companion_dir, load_model_checkpoint, resolve_checkpoint
+        from trainer.model_checkpoint import (
+            checkpoint_prompt,
+            companion_dir,
+            load_model_checkpoint,
+            resolve_checkpoint,
+        )
 
         root = resolve_checkpoint(checkpoint)
         config, params = load_model_checkpoint(root)

@@ -34,6 +34,15 @@ from typing import Any
 import numpy as np
 
 from core.fileio import atomic_write_text
+from trainer.data.text import (
+    PromptStyle,
+    Tokenizer,
+    TokenizerError,
+    check_model_ids,
+    check_prompt_record,
+    has_tokenizer,
+    load_tokenizer,
+)
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -382,8 +391,6 @@ def companion_dir(checkpoint: str | Path) -> Path | None:
     Beside its params for a converted checkpoint; ``RUN/model/`` for a trainer run directory, its
     ``checkpoints/`` directory or one of its step directories.
     """
-    from trainer.data.text import has_tokenizer
-
     path = Path(checkpoint)
     for candidate in (
         path,
@@ -429,3 +436,56 @@ def read_hf_layout(directory: str | Path) -> dict[str, Any]:
     """The recorded HF naming of a converted checkpoint (``{}`` when it was not converted from HF)."""
     path = Path(directory) / HF_LAYOUT_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass(frozen=True)
+class CheckpointPrompt:
+    """How to prompt a checkpoint exactly as it was trained (see `checkpoint_prompt`)."""
+
+    tokenizer: Tokenizer
+    style: PromptStyle
+    source: str  # where the wording came from: a prompt.json, the caller, or the default
+
+    @property
+    def instruction(self) -> str:
+        return self.style.instruction
+
+
+def checkpoint_prompt(
+    checkpoint: str | Path,
+    model_config: Any,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    instruction: str | None = None,
+) -> CheckpointPrompt:
+    """The tokenizer and prompt wording of a resolved model checkpoint (`resolve_checkpoint`'s result).
+
+    The tokenizer is the one beside the checkpoint, or in its run's ``model/`` for a trainer step
+    (`companion_dir`), unless ``tokenizer_dir`` says otherwise. The wording (`PromptStyle`) is the one the run
+    trained with (``model/prompt.json``, checked against the tokenizer's rendering); ``instruction`` replaces
+    its default instruction; a converted release has none and gets the default wording. The tokenizer's ids
+    are checked against the model's.
+
+    Raises:
+        TokenizerError: no tokenizer found, or one that does not belong to the model or the run's prompt.
+    """
+    root = Path(checkpoint)
+    files = Path(tokenizer_dir) if tokenizer_dir else companion_dir(root)
+    if files is None:
+        raise TokenizerError(
+            f"{root}: no tokenizer beside the checkpoint or in its run directory's model/ (pass the "
+            "tokenizer directory explicitly)"
+        )
+    tok = load_tokenizer(files)
+    check_model_ids(tok, model_config, str(root))
+    record_file = (companion_dir(root) or files) / PROMPT_FILE
+    style, source = PromptStyle(), "default"
+    if record_file.is_file():
+        try:
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise TokenizerError(f"{record_file}: not JSON ({err})") from None
+        style, source = check_prompt_record(tok, record, str(record_file)), str(record_file)
+    if instruction is not None:
+        style, source = PromptStyle(instruction, dict(style.languages)), "given"
+    return CheckpointPrompt(tok, style, source)
