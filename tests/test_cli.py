@@ -23,3 +23,46 @@ def test_help_of_every_subcommand(path):
     )
     assert out.returncode == 0, out.stderr
     assert "usage: sawt" in out.stdout
+
+
+def test_overrides_stand_anywhere_among_the_flags():
+    """`key=value` on both sides of a flag reaches the config, in the order given (the later one wins)."""
+    from sawt.cli import parse_args
+    from trainer.config import load_experiment
+
+    argv = [
+        "train",
+        "--config",
+        "tiny",
+        "train.steps=24",
+        "--run-dir",
+        "R",
+        "metrics.port=9400",
+        "train.steps=7",
+    ]
+    args = parse_args(build_parser(), argv)
+    assert args.run_dir == "R"
+    assert args.overrides == ["train.steps=24", "metrics.port=9400", "train.steps=7"]
+    cfg = load_experiment(args.config, args.overrides)
+    assert (cfg.train.steps, cfg.metrics.port) == (7, 9400)
+    plan = parse_args(
+        build_parser(), ["plan", "a.b=1", "--config", "tiny", "c=2", "--topology", "v4-8", "d=3"]
+    )
+    assert plan.overrides == ["a.b=1", "c=2", "d=3"] and plan.topology == "v4-8"
+
+
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["train", "--config", "tiny", "--bogus", "a=1"], "--bogus"),
+        (["data", "inspect", "DIR", "a=1"], "a=1"),  # a command without overrides takes none
+        (["deploy", "render", "train", "tpu.type=v6e"], "tpu.type=v6e"),  # deploy's overrides are --set
+    ],
+)
+def test_words_that_are_no_override_or_flag_are_still_refused(argv, unknown, capsys):
+    from sawt.cli import parse_args
+
+    with pytest.raises(SystemExit) as err:
+        parse_args(build_parser(), argv)
+    assert err.value.code == 2
+    assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err

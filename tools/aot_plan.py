@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides on either side of a flag
     try:
         result = plan(args.config, args.overrides, args.topology, args.mfu, args.seq, args.frames)
     except PlanInputError as err:

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "overrides", nargs="*", help="extra config overrides for an experiment (never with --update)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides on either side of a flag
     if args.update and args.overrides:
         parser.error("--update records the reduced plan as defined in tools/plan_guard.py; no overrides")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sawt.commands import add_overrides
+
 EPILOG = """\
 examples:
   sawt plan --config tiny --topology v4-8
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, default=3600, help="give up on the compile after this many seconds"
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_overrides(p, "config overrides, e.g. train.global_batch_size=64 (anywhere among the flags)")
     p.set_defaults(func=_run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sawt.commands import add_overrides
+
 EPILOG = """\
 examples:
   sawt train --config tiny --run-dir runs/tiny train.steps=50
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fake CPU devices per process when running on CPU (default 1 with --local-processes, else 8)",
     )
     p.add_argument("--plugin", default=None, help=argparse.SUPPRESS)  # tests: module with backend(cfg)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
+    add_overrides(p, "config overrides, e.g. train.steps=100 (anywhere among the flags)")
     p.set_defaults(func=_run)
 
 
