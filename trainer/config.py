@@ -158,6 +158,25 @@ class DistributedConfig(Frozen):
     )
 
 
+class WatchdogConfig(Frozen):
+    enabled: bool = Field(
+        True,
+        description="Exit with the restartable code (42) when no step completes in time, so that the JobSet "
+        "restarts a hung job from its last checkpoint (trainer/watchdog.py).",
+    )
+    multiple: float = Field(
+        10.0, gt=1, description="A step may take this many times the median of recent step times, ..."
+    )
+    floor_seconds: float = Field(600.0, gt=0, description="... and at least this many seconds.")
+    compile_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="Allowance for start-up (restore included) to the first step, and for a step that compiles "
+        "a batch shape not seen before.",
+    )
+    eval_seconds: float = Field(3600.0, gt=0, description="Allowance for one evaluation or a blocking save.")
+
+
 class ExperimentConfig(Frozen):
     seed: int = Field(0, description="Seed for parameter init, data order and sampling.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture of the thinker.")
@@ -172,6 +191,7 @@ class ExperimentConfig(Frozen):
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Multi-process start-up and failure detection."
     )
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig, description="Hang detection.")
     load_from: str | None = Field(
         None,
         description="Fine-tune this model checkpoint (converted HF dir, trainer run dir or step dir): its "

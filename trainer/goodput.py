@@ -39,7 +39,9 @@ import argparse
 import bisect
 import dataclasses
 import json
+import os
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +227,91 @@ class GoodputTracker:
             for cause, seconds in self._remainder(current).items():
                 badput[cause] += seconds
         return Goodput(total, self._cum[-1] if self._cum else 0.0, badput)
+
+
+# The phases of a JAX compilation, reported through jax.monitoring when each ends.
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileClock:
+    """Seconds spent compiling, from JAX's own monitoring events, taken in portions (`take`).
+
+    The trainer puts each portion into the record of the phase it fell in (start-up, a step, an eval), so
+    compilation is badput wherever it happens, without guessing from a first step's time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds = 0.0
+
+    def install(self) -> CompileClock:
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, event: str, duration: float, **_: Any) -> None:
+        if event in COMPILE_EVENTS:
+            with self._lock:
+                self._seconds += duration
+
+    def take(self) -> float:
+        """Compile seconds since the last `take`."""
+        with self._lock:
+            seconds, self._seconds = self._seconds, 0.0
+        return seconds
+
+
+class StepSpans:
+    """Sums the steps between two step records (``span_*`` keys), so that ``train.log_every`` > 1 loses
+    nothing: each step record carries every step since the previous one."""
+
+    def __init__(self, compile_clock: CompileClock):
+        self.compile_clock = compile_clock
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps, self.seconds, self.data_wait, self.compile = 0, 0.0, 0.0, 0.0
+
+    def add(self, seconds: float, data_wait: float) -> float:
+        """Adds one step; returns the seconds it spent compiling."""
+        compile_s = self.compile_clock.take()
+        self.steps += 1
+        self.seconds += seconds
+        self.data_wait += data_wait
+        self.compile += compile_s
+        return compile_s
+
+    def take(self) -> dict[str, Any]:
+        """The span's record keys (empty if no step was added since the last `take`)."""
+        if not self.steps:
+            return {}
+        span = {
+            "span_steps": self.steps,
+            "span_seconds": self.seconds,
+            "span_data_wait_seconds": self.data_wait,
+            "span_compile_seconds": self.compile,
+        }
+        self._reset()
+        return span
+
+
+def process_start_time() -> float:
+    """Unix time at which the OS started this process (imports included), or now where it cannot tell."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, after the comm field
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 def goodput_of_records(records: Iterable[dict[str, Any]], now: float | None = None) -> Goodput:

@@ -3,13 +3,18 @@
 One linear function, `run`, in the order things happen. What it trains comes from a `Backend` (model
 functions + data), so the loop is the same for the real Thinker and for the tests' stand-in.
 
-Exit codes: 0 done; 42 preempted (SIGTERM) after saving a checkpoint, so a JobSet failure policy restarts
-the job (docs/training.md); 3 too many consecutive non-finite steps; anything else is a crash.
+Exit codes: 0 done; 42 preempted (SIGTERM) after saving a checkpoint, or hung (the watchdog found no step
+completing in time; nothing saved), so a JobSet failure policy restarts the job (docs/training.md); 3 too
+many consecutive non-finite steps; anything else is a crash.
+
+Every record the loop writes to metrics.jsonl also feeds the run's goodput accounting (trainer/goodput.py),
+replayed from the run's earlier attempts at start, and exported on /metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -38,9 +43,11 @@ from trainer.distributed import (
     to_global,
 )
 from trainer.evaluate import evaluate as run_eval
+from trainer.goodput import CompileClock, GoodputTracker, StepSpans, process_start_time
 from trainer.metrics import RunLog, TrainMetrics
 from trainer.preemption import EXIT_PREEMPTED, Preemption
 from trainer.train_step import init_state, make_train_step
+from trainer.watchdog import Allowances, Watchdog
 
 EXIT_NONFINITE = 3
 
@@ -147,12 +154,56 @@ def run(cfg: ExperimentConfig, run_dir: Path, backend: Backend) -> int:
                 f"metrics.port={cfg.metrics.port}: cannot serve /metrics on port {port} ({err.strerror}); "
                 "set metrics.port to a free port, or metrics.port=0 to turn it off"
             ) from None
-    log = RunLog(run_dir, enabled=primary)
+    tracker = _goodput_tracker(run_dir) if primary else None
+
+    def on_record(record: dict[str, Any]) -> None:
+        assert tracker is not None
+        tracker.add(record)
+        metrics.record_goodput(tracker.report())
+
+    log = RunLog(run_dir, enabled=primary, on_record=on_record if primary else None)
+    log.write({"event": "start", "process_start": min(process_start_time(), time.time())})
+    watchdog = _start_watchdog(cfg, log)
 
     mesh = build_mesh(cfg.mesh)
     # The model constrains activations by logical axis names against the ambient mesh.
-    with jax.set_mesh(mesh):
-        return _train(cfg, run_dir, backend, mesh, metrics, log, preemption)
+    try:
+        with jax.set_mesh(mesh):
+            code = _train(cfg, run_dir, backend, mesh, metrics, log, preemption, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+    if primary and code == 0 and tracker is not None:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        atomic_write_json(run_dir / "summary.json", {**summary, "goodput": tracker.report().as_dict()})
+    return code
+
+
+def _goodput_tracker(run_dir: Path) -> GoodputTracker:
+    """The run's goodput so far: every record of its earlier attempts, replayed."""
+    from core.fileio import read_jsonl
+
+    tracker = GoodputTracker()
+    if (run_dir / "metrics.jsonl").is_file():
+        for record in read_jsonl(run_dir / "metrics.jsonl"):
+            tracker.add(record)
+    return tracker
+
+
+def _start_watchdog(cfg: ExperimentConfig, log: RunLog) -> Watchdog | None:
+    if not cfg.watchdog.enabled:
+        return None
+    w = cfg.watchdog
+    allowances = Allowances(w.multiple, w.floor_seconds, w.compile_seconds, w.eval_seconds)
+    return Watchdog(
+        allowances, EXIT_PREEMPTED, on_hang=lambda hang: log.write({"event": "hang", **hang})
+    ).start()
+
+
+@functools.cache
+def _compile_clock() -> CompileClock:
+    """One listener on JAX's compile events per process (jax.monitoring's registry is process-wide)."""
+    return CompileClock().install()
 
 
 def _train(
@@ -163,8 +214,11 @@ def _train(
     metrics: TrainMetrics,
     log: RunLog,
     preemption: Preemption,
+    watchdog: Watchdog | None,
 ) -> int:
     pi, pc = jax.process_index(), jax.process_count()
+    compile_clock = _compile_clock()
+    spans = StepSpans(compile_clock)
     primary = pi == 0
     if cfg.train.global_batch_size % pc:
         raise configlib.ConfigError(
@@ -188,6 +242,7 @@ def _train(
     latest = checkpointer.latest_step()
     resumed_loss: float | None = None
     if latest is not None:
+        t_restore = time.monotonic()
         restored, meta = checkpointer.restore(latest, abstract_state)
         state = {
             **restored,
@@ -205,7 +260,10 @@ def _train(
         data.set_state(data_states[pi])
         resumed_loss = meta.get("loss")
         metrics.resumes.labels(metrics.process).inc()
-        log.write({"event": "resume", "step": latest}, f"resumed from {checkpointer.step_dir(latest)}")
+        log.write(
+            {"event": "resume", "step": latest, "seconds": time.monotonic() - t_restore},
+            f"resumed from {checkpointer.step_dir(latest)}",
+        )
     else:
         state = jax.jit(lambda: init_state(init_params(cfg.seed), tx, cfg.seed), out_shardings=shardings)()
         if cfg.load_from:
@@ -235,9 +293,24 @@ def _train(
     exit_code = 0
     last_saved = latest
     last_loss = resumed_loss
+    pending: dict[str, Any] | None = None  # the last step record, while its span is not written yet
+    seen_shapes: set[Any] = set()
+
+    def write_step(rec: dict[str, Any], line: str | None = None) -> None:
+        nonlocal pending
+        log.write({**rec, **spans.take()}, line)
+        pending = None
+
+    def flush_steps() -> None:
+        """Writes the steps not yet recorded, before a record of another phase (goodput reads them in order)."""
+        if pending is not None:
+            write_step(pending)
 
     def save(at: int, wer: float | None = None, wait: bool = False) -> None:
         nonlocal last_saved
+        flush_steps()
+        if watchdog is not None:
+            watchdog.begin("checkpoint", at)
         t0 = time.monotonic()
         meta = {
             "step": at,
@@ -263,11 +336,17 @@ def _train(
     def evaluate(at: int) -> float | None:
         if backend.generate is None:
             return None
+        flush_steps()
+        if watchdog is not None:
+            watchdog.begin("eval", at)
+        t0 = time.monotonic()
+        compile_clock.take()
         result = run_eval(cfg.eval, backend, state["params"], mesh, pi, pc, rows)
+        timing = {"seconds": time.monotonic() - t0, "compile_seconds": compile_clock.take()}
         metrics.record_eval(result)
         overall = result["overall"]
         log.write(
-            {"event": "eval", "step": at, **{k: v for k, v in result.items() if k != "examples"}},
+            {"event": "eval", "step": at, **timing, **{k: v for k, v in result.items() if k != "examples"}},
             f"eval step {at}: WER {overall['wer']:.4f} CER {overall['cer']:.4f}"
             + (
                 f" ({result['cut']} of {result['hypotheses']} hypotheses cut at their length budget)"
@@ -280,26 +359,38 @@ def _train(
                 print(f"  REF: {ex['ref']}\n  HYP: {ex['hyp']}", flush=True)
         return overall["wer"]
 
+    log.write({"event": "loop_start", "step": step, "compile_seconds": compile_clock.take()})
     if cfg.eval.at_start and step == 0:
         evaluate(0)
 
     try:
         while step < cfg.train.steps:
             t0 = time.monotonic()
+            if watchdog is not None:
+                watchdog.begin("step", step + 1)
             local = next(data)
             t_data = time.monotonic()
+            # A batch shape not seen before compiles: the watchdog allows for it, from here.
+            shape = tuple(sorted((k, v.shape) for k, v in local.items() if k != "meta"))
+            compiles = shape not in seen_shapes
+            seen_shapes.add(shape)
+            if watchdog is not None and compiles:
+                watchdog.begin("step", step + 1, compiles=True)
             batch = to_global(mesh, local)
             state, out = step_fn(state, batch)
             out = jax.device_get(out)
             step += 1
             t1 = time.monotonic()
             dt = t1 - t0
+            if watchdog is not None:
+                watchdog.step_done(dt, compiled=compiles)
             last_loss = float(out["loss"])
             rec = {
                 "step": step,
                 **{k: _to_float(v) for k, v in out.items()},
                 "step_seconds": dt,
                 "data_wait_seconds": t_data - t0,
+                "compile_seconds": spans.add(dt, t_data - t0),
                 "tokens_per_second": float(out["tokens"]) / dt,
                 "samples_per_second": cfg.train.global_batch_size / dt,
                 **_memory_stats(),
@@ -312,8 +403,9 @@ def _train(
             metrics.record_step(rec)
             if hasattr(data, "skipped"):
                 metrics.record_bad_records(dict(data.skipped))
+            pending = rec
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                log.write(
+                write_step(
                     rec,
                     f"step {step}: loss {rec['loss']:.4f} grad_norm {rec['grad_norm']:.3f} "
                     f"lr {rec['learning_rate']:.2e} {rec['tokens_per_second']:.0f} tok/s",
@@ -340,10 +432,14 @@ def _train(
             if last_saved != step:
                 save(step, wer, wait=True)
     except NonFiniteError as err:
+        flush_steps()
         checkpointer.close()
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_NONFINITE
+    flush_steps()
     checkpointer.close()
+    if watchdog is not None:
+        watchdog.stop()  # hashing a large model's parameters is no step
 
     digest = params_sha256(state["params"])
     if primary and exit_code == 0:

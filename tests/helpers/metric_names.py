@@ -24,6 +24,9 @@ TRAINER_METRICS = {
     "sawt_train_expert_load_min_ratio",
     "sawt_train_expert_load_max_ratio",
     "sawt_train_resumes_total",
+    "sawt_train_goodput_ratio",
+    "sawt_train_goodput_seconds",
+    "sawt_train_badput_seconds",
 }
 SERVER_METRICS = {
     "sawt_time_to_first_token_seconds",

@@ -5,11 +5,14 @@ They keep the binding interfaces (canonical parameter paths, the batch dict, los
 checkpointing, resume and multi-process runs stay cheap. The real model and loader are tested by their
 owners and end to end by `sawt train --config tiny`.
 
-Selected with the hidden `sawt train --plugin tests.train.standin` option.
+Selected with the hidden `sawt train --plugin tests.train.standin` option. ``STANDIN_STALL_AT_BATCH=N`` makes
+the training data hang forever when asked for batch N (for the hang watchdog's test).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 import jax
@@ -67,6 +70,11 @@ def loss(output: dict[str, jax.Array], batch: dict[str, jax.Array], aux_coef: fl
     return ce + aux_coef * aux, {"ce": ce, "aux": aux, "tokens": tokens, "expert_load": load}
 
 
+def _stall() -> None:
+    """A hang, as in a collective whose peer never comes or a read that never returns (the watchdog test)."""
+    threading.Event().wait()
+
+
 class StandinData:
     """Deterministic synthetic batches; row r of the global stream depends only on (seed, r).
 
@@ -84,6 +92,9 @@ class StandinData:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        stall_at = os.environ.get("STANDIN_STALL_AT_BATCH")
+        if stall_at is not None and self.next_batch == int(stall_at) and type(self) is StandinData:
+            _stall()
         base = self.next_batch * self.global_batch + self.first_row
         rows = [self._row(base + j) for j in range(self.rows)]
         self.next_batch += 1

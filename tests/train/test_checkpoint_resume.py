@@ -225,3 +225,35 @@ def test_a_busy_metrics_port_is_a_clear_error(tmp_path):
         code, out = finish(sawt_train(tmp_path / "run", "train.steps=1", f"metrics.port={port}"))
     assert code == 2, out
     assert f"metrics.port={port}: cannot serve /metrics" in out and "metrics.port=0" in out
+
+
+def test_a_run_that_hangs_exits_42_saves_nothing_and_resumes_bit_identical(tmp_path):
+    """The training data hangs at batch 7 (as a stuck collective would): the watchdog dumps every thread's
+    stack, records the hang, exits 42 without a new checkpoint; the resumed run ends as an unbroken one."""
+    args = ("train.steps=12", "checkpoint.every=3", "checkpoint.keep_last=5", "eval.every=0")
+    ref = tmp_path / "ref"
+    code, out = finish(sawt_train(ref, *args))
+    assert code == 0, out
+    run = tmp_path / "run"
+    watchdog = ("watchdog.floor_seconds=2", "watchdog.multiple=3", "watchdog.compile_seconds=240")
+    t0 = time.monotonic()
+    code, out = finish(sawt_train(run, *args, *watchdog, env=_env(STANDIN_STALL_AT_BATCH="7")))
+    assert code == 42, out
+    assert time.monotonic() - t0 < 240  # it did not wait for the compile allowance
+    assert "watchdog: no progress in step (step 8)" in out and "exiting 42 without saving" in out
+    assert 'thread "MainThread"' in out and "in _stall" in out  # the stack shows where it hung
+    records = read_jsonl(run / "metrics.jsonl")
+    (hang,) = [r for r in records if r.get("event") == "hang"]
+    assert hang["phase"] == "step" and hang["step"] == 8 and hang["allowed_seconds"] >= 2
+    assert last_step(run) == 7
+    saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [3, 6]  # nothing after the hang
+    code, out = finish(sawt_train(run, *args))
+    assert code == 0, out
+    assert summary(run)["params_sha256"] == summary(ref)["params_sha256"]
+    # The hang, the restart and the redone step are in the run's goodput (trainer/goodput.py).
+    goodput = summary(run)["goodput"]
+    assert 0 < goodput["goodput_ratio"] < 1
+    assert goodput["badput_seconds"]["idle"] >= 2  # the hang before the watchdog fired
+    assert goodput["badput_seconds"]["restart"] > 0 and goodput["badput_seconds"]["checkpoint_restore"] > 0
+    assert goodput["badput_seconds"]["compile"] > 0 and goodput["badput_seconds"]["startup"] > 0
