@@ -69,6 +69,17 @@ def alert_rules(thresholds: Alerts | None = None) -> dict[str, Any]:
             "Training keeps restarting",
             "The trainer resumed {{ $value }} times in the last hour (preemptions or crashes).",
         ),
+        _alert(
+            "SawtTrainingLowGoodput",
+            f"max without ({PER_PROCESS}) ((sawt_train_goodput_ratio < {t.goodput_ratio}) and "
+            "(sawt_train_goodput_seconds + sum without (cause) (sawt_train_badput_seconds) > "
+            f"{round(t.goodput_min_hours * 3600)}))",
+            "30m",
+            "warning",
+            "Training goodput is low for {{ $labels.job }}",
+            "Only {{ $value | humanizePercentage }} of the run's wall time went into training steps that "
+            f"count (threshold {t.goodput_ratio:.0%}); see the Badput by cause panel.",
+        ),
     ]
     server = [
         _alert(

@@ -401,6 +401,14 @@ class Alerts(Frozen):
     checkpoint_age_minutes: int = Field(
         120, ge=1, description="Alert when the last checkpoint of a running trainer is older than this."
     )
+    goodput_ratio: float = Field(
+        0.5, gt=0, le=1, description="Alert when a run's goodput stays below this share for 30 minutes."
+    )
+    goodput_min_hours: float = Field(
+        1.0,
+        ge=0,
+        description="The goodput alert waits until the run has lasted this long (start-up dominates at first).",
+    )
 
 
 class Monitoring(Frozen):

@@ -161,6 +161,28 @@ def _training_rows() -> tuple[Row, ...]:
             ),
         ),
         Row(
+            "Goodput",
+            (
+                Panel(
+                    "Goodput",
+                    (Target(f"max without ({PER_PROCESS}) (sawt_train_goodput_ratio)", "goodput"),),
+                    unit="percentunit",
+                    description="Share of the run's wall time, every attempt and restart included, spent on "
+                    "training steps that count (trainer/goodput.py, from the run's own records).",
+                ),
+                Panel(
+                    "Badput by cause",
+                    (
+                        Target(f"max without ({PER_PROCESS}) (sawt_train_badput_seconds)", "{{cause}}"),
+                        Target(f"max without ({PER_PROCESS}) (sawt_train_goodput_seconds)", "productive"),
+                    ),
+                    unit="s",
+                    description="Where the run's wall time went: productive steps and each cause of badput "
+                    "(startup, compile, data wait, checkpoint save and restore, eval, restarts, idle).",
+                ),
+            ),
+        ),
+        Row(
             "Resources and restarts",
             (
                 Panel(

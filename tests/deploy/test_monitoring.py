@@ -31,6 +31,8 @@ REQUIRED_PANELS = {
         "Eval WER per source",
         "Device memory",
         "Restarts",
+        "Goodput",
+        "Badput by cause",
     },
     "inference": {
         "QPS",
@@ -133,6 +135,7 @@ def test_committed_rules_file_is_current_and_valid(promtool, tmp_path):
         "SawtTrainingNonFiniteSkips",
         "SawtServerErrors",
         "SawtServerLatencyP99",
+        "SawtTrainingLowGoodput",
     } <= names
 
 
@@ -182,6 +185,54 @@ def test_alert_rules_fire_on_synthetic_series(promtool, tmp_path):
                     exp_annotations:
                       summary: The server answers with 5xx
                       description: 10% of requests failed with a 5xx code over 5 minutes.
+        """
+    )
+    (tmp_path / "tests.yaml").write_text(tests)
+    result = subprocess.run(
+        [promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_low_goodput_alert_fires_only_after_the_first_hour(promtool, tmp_path):
+    """A run at 30% goodput alerts once it has run an hour; at 80%, or in its first hour, it does not."""
+    alerting.write_rules_file(tmp_path / "rules.yaml")
+    tests = textwrap.dedent(
+        """
+        rule_files: [rules.yaml]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'sawt_train_goodput_ratio{job="slow", process="0"}'
+                values: '0.3x120'
+              - series: 'sawt_train_goodput_seconds{job="slow", process="0"}'
+                values: '1000+18x120'
+              - series: 'sawt_train_badput_seconds{job="slow", process="0", cause="data_wait"}'
+                values: '2500+42x120'
+              - series: 'sawt_train_goodput_ratio{job="fine", process="0"}'
+                values: '0.8x120'
+              - series: 'sawt_train_goodput_seconds{job="fine", process="0"}'
+                values: '3000+48x120'
+              - series: 'sawt_train_badput_seconds{job="fine", process="0", cause="compile"}'
+                values: '750+12x120'
+              - series: 'sawt_train_goodput_ratio{job="young", process="0"}'
+                values: '0.1x120'
+              - series: 'sawt_train_goodput_seconds{job="young", process="0"}'
+                values: '10x120'
+              - series: 'sawt_train_badput_seconds{job="young", process="0", cause="startup"}'
+                values: '90x120'
+            alert_rule_test:
+              - eval_time: 10m
+                alertname: SawtTrainingLowGoodput
+                exp_alerts: []
+              - eval_time: 60m
+                alertname: SawtTrainingLowGoodput
+                exp_alerts:
+                  - exp_labels: {severity: warning, job: slow}
+                    exp_annotations:
+                      summary: Training goodput is low for slow
+                      description: 'Only 30% of the run''s wall time went into training steps that count (threshold 50%); see the Badput by cause panel.'
         """
     )
     (tmp_path / "tests.yaml").write_text(tests)

@@ -79,6 +79,13 @@ def test_training_series_reflect_the_run(stack):
     assert _max(stack, 'sawt_train_device_memory_bytes{kind="host_rss"}') > 50 * 2**20
     assert _max(stack, "sawt_train_resumes_total") == 0  # exported from the start, at 0
     assert 0 < _max(stack, "sawt_train_expert_load_max_ratio") <= 1
+    # Goodput from the run's own records (process 0): a ratio, and badput for the causes the run had.
+    assert 0 < _max(stack, "sawt_train_goodput_ratio") < 1
+    causes = {s.labels["cause"] for s in _range(stack, "sawt_train_badput_seconds")}
+    assert causes == {"startup", "compile", "data_wait", "checkpoint_save", "checkpoint_restore", "eval",
+                      "restart", "idle"}  # fmt: skip
+    for cause in ("startup", "compile", "checkpoint_save", "eval"):
+        assert _max(stack, f'sawt_train_badput_seconds{{cause="{cause}"}}') > 0, cause
 
 
 def test_server_series_count_the_load(stack):
