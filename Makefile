@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng prometheus
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench images-smoke
+.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench bench-longform images-smoke
 
 setup: system-deps $(VENV)/.installed
 
@@ -36,6 +36,12 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt hatch_build.py trainer/
 
 demo: setup
 	$(PY) -m tools.demo --out $(DEMO_DIR)
+
+# After `make demo`: WER on 3-minute recordings of the demo's test clips under the demo's model, silence
+# cuts against fixed windows in the same run (bench/longform.py; figures in docs/serving.md).
+bench-longform: setup
+	$(PY) -m bench.longform --checkpoint $(DEMO_DIR)/run --data $(DEMO_DIR)/arrayrecord \
+		--tokenizer-dir $(DEMO_DIR)/tfrecord/tokenizer --json $(DEMO_DIR)/longform.json
 
 test: setup lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
