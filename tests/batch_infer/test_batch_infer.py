@@ -52,6 +52,22 @@ def test_batch_infer_writes_predictions_report_and_resumes(tiny_checkpoint, spli
     assert kept <= {r["sample_id"] for r in rows}
 
 
+def test_hypotheses_cut_at_their_budget_are_counted_and_reported(
+    tiny_checkpoint, split_dir, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = ["batch-infer", "--checkpoint", str(tiny_checkpoint), "--data", str(split_dir), "--out", str(out)]
+    assert sawt_main([*args, "--max-batch", "4", "--max-new-tokens", "1"]) == 0
+    rows = _rows(out)
+    cut = [r for r in rows if r["finish_reason"] == "length"]
+    assert len(cut) == 6 and all(r["tokens"] == 1 for r in cut)  # one token, never an end token
+    report = json.loads((out / "report.json").read_text())
+    assert report["cut"] == 6
+    assert "6 hypotheses cut at their length budget" in (out / "report.md").read_text()
+    err = capsys.readouterr().err
+    assert "warning: 6 hypotheses reached their length budget" in err
+
+
 def test_bad_data_path_is_a_usage_error(tiny_checkpoint, tmp_path, capsys):
     code = sawt_main(
         ["batch-infer", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "nope"), "--out", "x"]

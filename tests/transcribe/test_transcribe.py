@@ -135,6 +135,23 @@ def test_long_audio_is_windowed_and_stitched(tiny, audio, capsys):
     assert len(rows[0]["windows"]) == len(window_bounds(41 * SR, 10.0))
 
 
+def test_a_window_cut_at_the_length_cap_is_counted_and_reported(tiny, audio, capsys):
+    """The duration-based budget, held under --max-length-cap: a window that reaches it without an end token
+    is marked cut, counted in cut_windows and warned about on stderr."""
+    rc, rows, err = _run_json(capsys, "--checkpoint", tiny / "ckpt", audio / "tone.wav")
+    assert rc == 0
+    budget = rows[0]["windows"][0]["max_new_tokens"]
+    assert 3 < budget < 448  # from the clip's 3 s, not the cap
+    rc, rows, err = _run_json(
+        capsys, "--checkpoint", tiny / "ckpt", "--max-length-cap", "3", audio / "tone.wav"
+    )
+    assert rc == 0
+    (window,) = rows[0]["windows"]
+    assert window["max_new_tokens"] == 3 and len(window["token_ids"]) == 3
+    assert window["cut"] is True and rows[0]["cut_windows"] == 1
+    assert f"{audio / 'tone.wav'}: 1 of 1 windows reached their length budget" in err
+
+
 def test_text_output_and_trainer_run_directory(tiny, audio, capsys):
     """A trainer run dir (steps without tokenizer files) resolves to its latest step; tokenizer from RUN/model/."""
     run = tiny / "run"
