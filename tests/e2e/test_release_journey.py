@@ -5,6 +5,7 @@
     sawt train --config tiny --run-dir RUN load_from=CK data.dir=AR train.steps=2 checkpoint.every=2
     sawt convert orbax-to-hf --ckpt RUN --out EXP --base RELEASE
     sawt transcribe --checkpoint RUN --output json CLIP
+    sawt batch-infer --checkpoint RUN --data AR --split test --out OUT
     sawt serve --checkpoint RUN --port P                          (answered through the `openai` client)
 
 RELEASE is the release-shaped fixture (tests/helpers/release.py: a tiny full Qwen3-Omni that transformers
@@ -56,6 +57,7 @@ class Journey:
     run: Path
     exp: Path
     clip: Path
+    data: Path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def journey(tmp_path_factory) -> Journey:
     )  # fmt: skip
     sawt("convert", "orbax-to-hf", "--ckpt", str(run), "--out", str(exp), "--base", str(release_dir()))
     subprocess.run(["espeak-ng", "-v", "ar", "-w", str(clip), "صباح الخير يا أصدقائي"], check=True)
-    return Journey(ck, run, exp, clip)
+    return Journey(ck, run, exp, clip, root / "ar")
 
 
 def test_the_run_directory_describes_itself(journey):
@@ -138,6 +140,19 @@ def test_transcribe_prompts_exactly_as_the_run_trained(journey):
     assert result["prompt_token_ids"] == asr_prompt_ids(tok, int(encoder_token_count(frames)), INSTRUCTION)
     # The length budget follows the clip: a couple of seconds get a few dozen tokens, not the cap of 448.
     assert len(result["token_ids"]) <= result["windows"][0]["max_new_tokens"] < 100
+
+
+def test_batch_infer_reads_the_run_alone(journey, tmp_path):
+    from trainer.data.shards import find_shards, shard_records
+
+    out = tmp_path / "out"
+    proc = sawt("batch-infer", "--checkpoint", str(journey.run), "--data", str(journey.data), "--split", "test",
+                "--out", str(out))  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["samples"] == len(shard_records(find_shards(journey.data, "test"), 0, 1)) > 0
+    # The run's best (here: only) step, prompted with the run's instruction and the run's transcript rate.
+    assert f"{journey.run / 'checkpoints' / '2'} with instruction {INSTRUCTION!r}" in proc.stderr
+    assert f"tokens/s of audio ({journey.run / 'model' / 'transcripts.json'} (" in proc.stderr
 
 
 def test_serve_answers_the_openai_client_with_the_run_prompt(journey):
