@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from trainer.config import load_experiment
+from trainer.distributed import build_mesh
 from trainer.evaluate import evaluate
-from trainer.train import build_mesh
 
 ROWS, WIDTH, SECONDS = 2, 12, 30
 
