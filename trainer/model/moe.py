@@ -73,10 +73,14 @@ def experts_dense(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
     """Reference: every expert on every token, mixed by the routing weights. [T, H]."""
     e = gate_ehi.shape[0]
     mix_te = jnp.sum(jax.nn.one_hot(ids_tk, e, dtype=jnp.float32) * weights_tk[..., None], axis=1)
-    g = jnp.einsum("th,ehi->tei", x_th, gate_ehi)
-    u = jnp.einsum("th,ehi->tei", x_th, up_ehi)
-    y = jnp.einsum("tei,eih->teh", jax.nn.silu(g) * u, down_eih)
-    return jnp.einsum("teh,te->th", y, mix_te.astype(y.dtype))
+    # Batched over the experts, with the tokens broadcast to each: every expert's [H, I] and [I, H] is then
+    # a plain row-major matrix operand. Written "th,ehi->tei", XLA:CPU transposed the stacked weights to
+    # [H, E*I] (and [E, H, I] for down_proj) in every call: in a greedy decode loop, every token.
+    x_eth = jnp.broadcast_to(x_th[None], (e, *x_th.shape))
+    g = jnp.einsum("eth,ehi->eti", x_eth, gate_ehi)
+    u = jnp.einsum("eth,ehi->eti", x_eth, up_ehi)
+    y = jnp.einsum("eti,eih->eth", jax.nn.silu(g) * u, down_eih)
+    return jnp.einsum("eth,te->th", y, mix_te.astype(y.dtype))
 
 
 def experts_ragged(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
