@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng prometheus
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench bench-longform images-smoke
+.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench bench-demo bench-longform images-smoke
 
 setup: system-deps $(VENV)/.installed
 
@@ -82,6 +82,20 @@ $(VENV_REF)/.installed:
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
+
+# Every figure of docs/benchmarks.md, re-measured (on a quiet machine: load average below half the cores,
+# or the JSON says "loaded": true). One suite after the other, ~20-30 min on 2 cores; JSON under build/bench/.
+BENCH_DIR ?= build/bench
+bench: setup $(VENV_REF)/.installed
+	@mkdir -p $(BENCH_DIR)
+	$(SAWT) bench data --json $(BENCH_DIR)/data.json
+	$(SAWT) bench model --json $(BENCH_DIR)/model.json
+	$(SAWT) bench serve --json $(BENCH_DIR)/serve.json
+
+# The demo's training time and WER (a fresh run of `make demo`'s training; docs/training.md), ~15 min.
+bench-demo: setup
+	@mkdir -p $(BENCH_DIR)
+	$(SAWT) bench demo --out $(DEMO_DIR) --json $(BENCH_DIR)/demo.json
 
 # AOT plans of the 30B-A3B train step on a v4-32 (slow: several minutes of compile each; docs/benchmarks.md).
 # The preset freezes the audio encoder, so the full fine-tunes say train.freeze=[] themselves.
