@@ -8,7 +8,6 @@ for up to ``drain_grace_s``, then stops the engine and exits.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -136,14 +135,21 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def run_server(app: FastAPI, host: str, port: int, drain_grace_s: float, log_level: str = "info") -> None:
+def run_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    drain_grace_s: float,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
     """Serves ``app`` until SIGTERM/SIGINT, then drains for at most ``drain_grace_s`` seconds."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
-        access_log=os.environ.get("SAWT_ACCESS_LOG") == "1",  # access logs never include headers
+        access_log=access_log,  # uvicorn's access lines never include headers
         timeout_graceful_shutdown=max(1, round(drain_grace_s)),
     )
     DrainingServer(config, app).run()

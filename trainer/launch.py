@@ -67,13 +67,16 @@ def launch_local(n: int, argv: Sequence[str], cpu_devices: int, peer_grace_secon
             SAWT_COORDINATOR=f"127.0.0.1:{port}",
             SAWT_NUM_PROCESSES=str(n),
             SAWT_PROCESS_ID=str(i),
-            SAWT_CPU_DEVICES=str(cpu_devices),
             JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
         )
         # Pinned before exec, so every thread the child starts (XLA's pools included) stays on its share.
         pin = None if shares is None else (lambda cpus=shares[i]: os.sched_setaffinity(0, cpus))
         children.append(
-            subprocess.Popen([sys.executable, "-m", "sawt.cli", "train", *argv], env=env, preexec_fn=pin)
+            subprocess.Popen(
+                [sys.executable, "-m", "sawt.cli", "train", *argv, "--cpu-devices", str(cpu_devices)],
+                env=env,
+                preexec_fn=pin,
+            )
         )
 
     def forward(signum: int, frame: object) -> None:

@@ -75,14 +75,14 @@ def _run(args: argparse.Namespace) -> int:
             child_argv += ["--plugin", args.plugin]
         return launch_local(args.local_processes, child_argv, args.cpu_devices or 1)
 
-    devices = os.environ.get("SAWT_CPU_DEVICES") or str(args.cpu_devices or 8)
+    devices = args.cpu_devices or 8  # a local launcher's child gets its share as --cpu-devices
     if not _has_accelerator():
         # No TPU here: keep jax from probing libtpu, and give the CPU the fake devices asked for.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_num_cpu_devices", int(devices))
+        jax.config.update("jax_num_cpu_devices", devices)
 
     from trainer.backend import load_backend
     from trainer.config import load_experiment

@@ -184,9 +184,10 @@ def test_dead_peer_makes_the_others_exit_nonzero(tmp_path):
             SAWT_COORDINATOR=f"127.0.0.1:{port}",
             SAWT_NUM_PROCESSES="2",
             SAWT_PROCESS_ID=str(i),
-            SAWT_CPU_DEVICES="1",
         )
-        procs.append(sawt_train(tmp_path, "train.steps=100000", "checkpoint.every=100000", env=env))
+        procs.append(
+            sawt_train(tmp_path, "train.steps=100000", "checkpoint.every=100000", cpu_devices=1, env=env)
+        )
     assert wait_for(lambda: last_step(tmp_path) >= 2, procs[0])
     procs[1].kill()
     code, out = finish(procs[0], timeout=180)
