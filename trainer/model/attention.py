@@ -14,6 +14,16 @@ from trainer.model.sharding import constrain
 MASK_VALUE = -1e30  # finite, so fully masked rows (padding) give uniform weights instead of NaN
 
 
+def causal_mask(token_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """bool [B, S, S]: query s may attend to key t iff t <= s, t is a valid token and, for packed rows
+    (``segment_ids`` [B, S]), t lies in the same segment as s."""
+    s = token_mask.shape[1]
+    mask = jnp.tril(jnp.ones((s, s), bool))[None] & token_mask[:, None, :]
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    return mask
+
+
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
     """softmax(q k^T * scale + mask) v with grouped query heads; softmax in fp32.
 

@@ -1,15 +1,24 @@
 """The audio encoder (`audio_tower`): per-chunk conv front end, windowed bidirectional transformer, projector.
 
 For one clip of n log-mel frames (100 per second):
-1. Cut into chunks of 2*n_window frames (1 s), zero-padded to full length. Each chunk goes through three
-   3x3 stride-2 convs with exact (erf) GELU: [128 mel, 100 t] -> [16, 13] x C channels. No context crosses
-   a chunk edge.
+1. Cut into chunks of 2*n_window frames (1 s) from the clip's first frame, zero-padded to full length. Each
+   chunk goes through three 3x3 stride-2 convs with exact (erf) GELU: [128 mel, 100 t] -> [16, 13] x C
+   channels. No context crosses a chunk edge.
 2. Flatten channel-major (index c*F + f, as HF), `conv_out` to d_model, add the sinusoid table restarted at
    position 0 in every chunk.
 3. The first T(n) = encoder_token_count(n) tokens of the clip are valid (full chunks give 13, the tail chunk
    ceil(r/8)). Attention is bidirectional inside windows of `window_tokens` (104 = 8 s) counted from the
    clip's start, and nowhere else (not across windows, not across clips, never to invalid tokens).
 4. Pre-LN encoder layers (biases on q, k, v, out), then ln_post -> proj1 -> GELU -> proj2 to the text width.
+
+A batch row holds one clip (``frames`` [B]) or, packed, several clips laid end to end in the row's mel
+(``frames`` [B, C], interfaces §1). Either way each clip is encoded exactly as if it were alone:
+* its chunks are gathered from the row by the clip's own chunk grid (`_ClipLayout`), into a fixed number of
+  chunk slots per row (`trainer.model.geometry.chunk_slots`);
+* the valid tokens of all clips of a row are compacted into one token stream per row, clip after clip, so
+  the transformer computes no tail-chunk padding;
+* attention is masked to (same clip, same window of that clip), so no window crosses a clip.
+The output is that stream: row b's clip k owns tokens [tok_start, tok_start + T(n_k)) of it.
 
 Matches HF whenever the batch holds a clip of at least one chunk: HF pads tail chunks to the longest chunk
 of the batch, which is a full chunk then. For a batch of clips that are all shorter than 1 s, HF pads
@@ -19,6 +28,8 @@ GELU(bias) instead of zeros); our features do not depend on the batch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +37,7 @@ from flax import nnx
 
 from trainer.model.attention import dot_attention
 from trainer.model.config import AudioConfig
+from trainer.model.geometry import chunk_slots
 from trainer.model.layers import Conv2d, LayerNorm, Linear, _dtype, scan_layers
 from trainer.model.sharding import constrain
 
@@ -74,6 +86,74 @@ class AudioLayers(nnx.Module):
         self.scale = hd**-0.5
 
 
+class ClipLayout(NamedTuple):
+    """Where the clips of each row lie, derived in-graph from the clips' frame counts (all int32).
+
+    Per clip [B, C]: ``tokens`` (T(n)), ``tok_start`` (first index in the row's token stream).
+    Per chunk slot [B, NC]: ``chunk_start`` (first mel frame in the row), ``chunk_len`` (valid frames; 0 for
+    an unused slot). Per stream token [B, TA]: ``src`` (index into the chunk-major conv output),
+    ``clip`` (owning clip; C for an unused slot), ``window`` (attention window within its clip), ``valid``.
+    """
+
+    tokens: jax.Array
+    tok_start: jax.Array
+    chunk_start: jax.Array
+    chunk_len: jax.Array
+    src: jax.Array
+    clip: jax.Array
+    window: jax.Array
+    valid: jax.Array
+
+
+def _exclusive_cumsum(x: jax.Array) -> jax.Array:
+    return jnp.cumsum(x, axis=1) - x
+
+
+def _owner(ends_bc: jax.Array, n: int) -> jax.Array:
+    """For each slot i < n of a row: the clip whose [start, end) range holds it (C when none does)."""
+    return jnp.sum(ends_bc[:, None, :] <= jnp.arange(n)[None, :, None], axis=-1)
+
+
+def clip_layout(cfg: AudioConfig, frames_bc: jax.Array, n_chunks: int, n_tokens: int) -> ClipLayout:
+    """The chunk and token tables of rows whose clips (``frames_bc`` [B, C], 0 = empty) lie end to end."""
+    cf, tpc, w = cfg.chunk_frames, cfg.tokens_per_chunk, cfg.window_tokens
+    frames = frames_bc.astype(jnp.int32)
+    chunks = (frames + cf - 1) // cf
+    tokens = tpc * (frames // cf) + (frames % cf + 7) // 8  # T(n): three ceil-halvings of the tail
+    frame_start, chunk_first, tok_start = (_exclusive_cumsum(x) for x in (frames, chunks, tokens))
+    c = frames.shape[1]
+
+    def pick(table, idx):  # table [B, C] at clip idx [B, N] (idx C -> anything; masked by the caller)
+        return jnp.take_along_axis(table, jnp.minimum(idx, c - 1), axis=1)
+
+    q_clip = _owner(jnp.cumsum(chunks, axis=1), n_chunks)  # [B, NC]
+    q_in_clip = jnp.arange(n_chunks)[None, :] - pick(chunk_first, q_clip)
+    chunk_start = pick(frame_start, q_clip) + q_in_clip * cf
+    chunk_len = jnp.where(q_clip < c, jnp.clip(pick(frames, q_clip) - q_in_clip * cf, 0, cf), 0)
+
+    t_clip = _owner(jnp.cumsum(tokens, axis=1), n_tokens)  # [B, TA]
+    t_in_clip = jnp.arange(n_tokens)[None, :] - pick(tok_start, t_clip)
+    src = (pick(chunk_first, t_clip) + t_in_clip // tpc) * tpc + t_in_clip % tpc
+    valid = t_clip < c
+    return ClipLayout(
+        tokens=tokens,
+        tok_start=tok_start,
+        chunk_start=chunk_start,
+        chunk_len=chunk_len,
+        src=jnp.where(valid, src, 0),
+        clip=t_clip,
+        window=t_in_clip // w,
+        valid=valid,
+    )
+
+
+def window_mask(layout: ClipLayout) -> jax.Array:
+    """bool [B, TA, TA]: bidirectional within (clip, attention window of that clip), valid keys only."""
+    same_clip = layout.clip[:, :, None] == layout.clip[:, None, :]
+    same_window = layout.window[:, :, None] == layout.window[:, None, :]
+    return same_clip & same_window & layout.valid[:, None, :]
+
+
 class AudioEncoder(nnx.Module):
     """`audio_tower`: mel [B, n_mels, F] + valid frames [B] -> features [B, Ta, output_dim] + valid mask."""
 
@@ -95,53 +175,58 @@ class AudioEncoder(nnx.Module):
         self.proj2 = Linear((d,), (cfg.output_dim,), ("audio_embed",), ("embed",), use_bias=True, **conv)
 
     def num_tokens(self, num_frames: int) -> int:
-        """Token slots for a padded mel of `num_frames` frames (whole chunks)."""
+        """Token slots of a row whose mel has `num_frames` frames (the stream length `__call__` returns)."""
         return -(-num_frames // self.cfg.chunk_frames) * self.cfg.tokens_per_chunk
 
-    def __call__(self, mel_bmf: jax.Array, frames_b: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Encodes a batch of clips.
+    def __call__(self, mel_bmf: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Encodes the clips of a batch, each on its own.
 
         Args:
-            mel_bmf: log-mel [B, n_mels, F]; frames past `frames_b` are ignored (treated as zeros).
-            frames_b: int [B] valid frames per clip.
+            mel_bmf: log-mel [B, n_mels, F]; a row's clips lie end to end from frame 0, frames past them are
+                ignored (treated as zeros).
+            frames: int [B] (one clip per row) or [B, C] (clip slots of packed rows; 0 = empty slot) valid
+                frames per clip.
 
         Returns:
-            (features [B, Ta, output_dim], valid bool [B, Ta]); Ta = ceil(F/chunk)*tokens_per_chunk and
-            row b's valid tokens are its first encoder_token_count(frames_b[b]).
+            (features [B, TA, output_dim], valid bool [B, TA]): each row's token stream, TA =
+            ceil(F / chunk) * tokens_per_chunk. Clip k of row b owns the next encoder_token_count(frames[b, k])
+            tokens after the clips before it (`clip_layout`); the rest of the stream is invalid.
         """
+        h, layout = self.encode(mel_bmf, frames)
+        return h, layout.valid
+
+    def encode(self, mel_bmf: jax.Array, frames: jax.Array) -> tuple[jax.Array, ClipLayout]:
+        """`__call__` returning the whole `ClipLayout` (the thinker needs each clip's stream offset)."""
         cfg = self.cfg
         dt = _dtype(self.compute_dtype)
+        frames_bc = frames[:, None] if frames.ndim == 1 else frames
         b, m, f = mel_bmf.shape
-        cf = cfg.chunk_frames
-        nc = -(-f // cf)
-        frame_valid = jnp.arange(nc * cf)[None, :] < frames_b[:, None]
-        mel = jnp.pad(mel_bmf.astype(dt), ((0, 0), (0, 0), (0, nc * cf - f)))
-        mel = jnp.where(frame_valid[:, None, :], mel, 0)
-        # [B, M, nc, cf] -> [B*nc, M (height), cf (width), 1]
-        x = mel.reshape(b, m, nc, cf).transpose(0, 2, 1, 3).reshape(b * nc, m, cf, 1)
+        cf, tt = cfg.chunk_frames, cfg.tokens_per_chunk
+        nc = chunk_slots(f, frames_bc.shape[1], cf)
+        ta = self.num_tokens(f)
+        lay = clip_layout(cfg, frames_bc, nc, ta)
+
+        # Each chunk slot gathers its clip's frames (zeros past the clip's end): [B, M, NC*cf].
+        mel = jnp.pad(mel_bmf.astype(dt), ((0, 0), (0, 0), (0, cf)))
+        t = jnp.arange(cf)[None, None, :]
+        idx = jnp.minimum(lay.chunk_start[:, :, None] + t, f + cf - 1).reshape(b, 1, nc * cf)
+        chunk_mel = jnp.take_along_axis(mel, idx, axis=2)
+        frame_ok = (t < lay.chunk_len[:, :, None]).reshape(b, 1, nc * cf)
+        chunk_mel = jnp.where(frame_ok, chunk_mel, 0)
+        # [B, M, NC, cf] -> [B*NC, M (height), cf (width), 1]
+        x = chunk_mel.reshape(b, m, nc, cf).transpose(0, 2, 1, 3).reshape(b * nc, m, cf, 1)
         x = gelu(self.conv2d1(x))
         x = gelu(self.conv2d2(x))
         x = gelu(self.conv2d3(x))  # [N, F', T', C]
-        n, fr, tt, ch = x.shape
+        n, fr, t3, ch = x.shape
+        assert t3 == tt, (t3, tt)
         x = x.transpose(0, 2, 3, 1).reshape(n, tt, ch * fr)  # channel-major flatten, as HF
         x = self.conv_out(x)
         x = x + jnp.asarray(sinusoids(tt, cfg.d_model)).astype(dt)[None]
-        h = x.reshape(b, nc * tt, cfg.d_model)
-        ta = nc * tt
-
-        # Valid tokens: HF's T(n) formula applied chunk by chunk (full chunks 13, the tail ceil(r/8)).
-        chunk_len = jnp.clip(frames_b[:, None] - cf * jnp.arange(nc)[None, :], 0, cf)  # [B, nc]
-        per_chunk = (chunk_len + 7) // 8  # three ceil-halvings = ceil(len / 8)
-        tok_valid = (jnp.arange(tt)[None, None, :] < per_chunk[:, :, None]).reshape(b, ta)
-
-        # Windows of `window_tokens` from each clip's start: pad, fold windows into the batch axis.
-        w = cfg.window_tokens
-        nw = -(-ta // w)
-        pad = nw * w - ta
-        hw = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(b * nw, w, cfg.d_model)
-        kv_valid = jnp.pad(tok_valid, ((0, 0), (0, pad))).reshape(b * nw, w)
-        mask = jnp.broadcast_to(kv_valid[:, None, :], (b * nw, w, w))
-        hw = constrain(hw, ("batch", "audio_frames", None))
+        # Compact the valid tokens of every clip into the row's stream (tail-chunk padding dropped).
+        h = jnp.take_along_axis(x.reshape(b, nc * tt, cfg.d_model), lay.src[:, :, None], axis=1)
+        h = constrain(h, ("batch", "audio_frames", None))
+        mask = window_mask(lay)
 
         def body(layer: AudioLayers, x, _):
             y = layer.self_attn_layer_norm(x)
@@ -151,7 +236,6 @@ class AudioEncoder(nnx.Module):
             x = x + layer.fc2(gelu(layer.fc1(layer.final_layer_norm(x))))
             return x, None
 
-        hw, _ = scan_layers(self.layers, body, hw, policy=self.remat, unroll=self.unroll)
-        h = hw.reshape(b, nw * w, cfg.d_model)[:, :ta]
+        h, _ = scan_layers(self.layers, body, h, policy=self.remat, unroll=self.unroll)
         h = self.proj2(gelu(self.proj1(self.ln_post(h))))
-        return h, tok_valid
+        return h, lay

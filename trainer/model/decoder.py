@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trainer.model.attention import TextAttention
+from trainer.model.attention import TextAttention, causal_mask
 from trainer.model.config import TextConfig
 from trainer.model.layers import Embed, RMSNorm, scan_layers
 from trainer.model.moe import SparseMoE
@@ -70,22 +70,22 @@ class TextModel(nnx.Module):
     def angles(self, positions):
         return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta, self.cfg.mrope_section)
 
-    def __call__(self, x, positions, token_mask, return_kv: bool = False):
+    def __call__(self, x, positions, token_mask, return_kv: bool = False, segment_ids=None):
         """Full causal forward.
 
         Args:
             x: input embeddings [B, S, H] (text embeddings with audio spliced in).
-            positions: int [B, S] (or [3, B, S]).
+            positions: int [B, S] (or [3, B, S]); packed rows restart them at 0 in every segment.
             token_mask: bool [B, S]; keys at False positions are never attended to.
             return_kv: also return the per-layer rotated K and V [L, B, S, Nkv, hd] (prefill).
+            segment_ids: int [B, S] of packed rows (None: one sequence per row); a query attends only to
+                earlier keys of its own segment, so the clips of a row never see each other.
 
         Returns:
             (hidden [B, S, H] after the final norm, stats {counts, prob_sum: [L, E]}, kv or None).
         """
-        s = x.shape[1]
         angles = self.angles(positions)
-        causal = jnp.tril(jnp.ones((s, s), bool))
-        mask = causal[None] & token_mask[:, None, :]
+        mask = causal_mask(token_mask, segment_ids)
         x = constrain(x, ("batch", "seq", "act_embed"))
 
         def body(layer: DecoderLayers, h, _):

@@ -1,5 +1,6 @@
-"""The audio encoder's geometry: how many tokens a clip of log-mel frames becomes. One computation for the
-model config, the model's placeholder checks, the data pipeline, the server and the tools.
+"""The audio encoder's geometry: how many tokens a clip of log-mel frames becomes, and how many conv chunks a
+batch row runs. One computation for the model config, the model's placeholder checks, the data pipeline
+(the packer), the server and the tools.
 
 The encoder cuts a clip into chunks of ``2 * n_window`` frames (1 s for n_window 50) and runs three stride-2
 convolutions (kernel 3, padding 1) over each chunk. Each halves its input rounding up, so ``r`` frames
@@ -39,3 +40,19 @@ def encoder_token_count(num_frames, n_window: int = 50):
     n = np.asarray(num_frames)
     out = tokens_per_chunk(n_window) * (n // chunk) + _after_convs(n % chunk)
     return int(out) if np.ndim(out) == 0 and not isinstance(num_frames, np.ndarray) else out
+
+
+def chunk_slots(frames_cap: int, clips: int, chunk_frames: int = 100) -> int:
+    """Conv chunks the encoder runs per batch row of ``frames_cap`` mel frames holding up to ``clips`` clips.
+
+    A clip is cut into chunks of ``chunk_frames`` from its own first frame, so one clip per row needs at most
+    ``ceil(frames_cap / chunk_frames)`` chunks. Clips packed end to end each end in a partial chunk, so a packed
+    row needs more chunks than its frames fill: it gets 10% more (at least one), and the packer closes a row
+    whose clips would need more (`trainer.data.packing`). The slack costs that much more conv work per row
+    (the convs are about a fifth of the encoder); without it a packed row's audio would be cut to whole
+    seconds per clip, which caps the frame fill near 0.91 for 5.5 s clips.
+    """
+    base = -(-int(frames_cap) // chunk_frames)
+    if clips <= 1:
+        return base
+    return base + max(1, -(-base // 10))
