@@ -116,6 +116,12 @@ def test_layout_byte_identity_manifest_and_index(clean_src, tmp_path):
         "part-00001-of-00002.array_record",
     ]
     assert index["shard_records"].tolist() == [4, 4]
+    # The transcripts, UTF-8 end to end, for the packed plan (what read_index decodes).
+    from trainer.data.loader import read_index
+
+    expected = [f"نص train-{k}-{i}" for k in range(2) for i in range(4)]
+    assert index["text_offsets"].tolist() == np.cumsum([0] + [len(t.encode()) for t in expected]).tolist()
+    assert read_index(dst, "train").texts == tuple(expected)
     assert np.load(dst / "validation" / "index.npz")["duration"].size == 4
 
 

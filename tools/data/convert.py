@@ -30,7 +30,11 @@ sidecars, so it is idempotent: concurrent finalisers write identical files, each
 At the end the converter writes (atomically) ``DST/manifest.json`` (see tools/data/manifest.py),
 ``DST/quarantine.jsonl`` and, per split directory, ``index.npz``: ``duration`` (float32 s, =
 audio_len / sample_rate), ``source_id`` (int32) and ``sources`` (the dataset names), one row per record in
-the order of that directory's shards sorted by file name, plus ``shards`` and ``shard_records``.
+the order of that directory's shards sorted by file name, plus ``shards`` and ``shard_records``, and the
+transcripts as ``text_utf8`` (uint8, all texts' UTF-8 bytes end to end) with ``text_offsets`` (int64 [N+1]):
+the packed batch plan needs every clip's token count before reading any record (trainer/data/packing.py).
+Sidecars of shards converted before the transcripts were recorded lack them; their split's index is then
+written without ``text_*``.
 """
 
 from __future__ import annotations
@@ -244,7 +248,7 @@ def convert_shard(job: ShardJob) -> dict[str, Any]:
     quarantine_rel = f"{QUARANTINE_DIR}/{job.out_rel.removesuffix('.array_record')}.tfrecord"
     (Path(job.dst) / quarantine_rel).unlink(missing_ok=True)  # an earlier run's, now stale
     quarantine = None
-    durations, sources, record_bytes, bad = [], [], [], []
+    durations, sources, texts, record_bytes, bad = [], [], [], [], []
     first = last = None
     source_records = 0
     writer = ArrayRecordWriter(str(tmp), job.options)
@@ -261,6 +265,7 @@ def convert_shard(job: ShardJob) -> dict[str, Any]:
                     writer.write(payload)
                     durations.append(rec.audio_len / rec.sample_rate)
                     sources.append(rec.dataset_name)
+                    texts.append(rec.text)
                     record_bytes.append(len(payload))
                     first = payload if first is None else first
                     last = payload
@@ -312,6 +317,7 @@ def convert_shard(job: ShardJob) -> dict[str, Any]:
         "file_bytes": output.stat().st_size,
         "durations": durations,
         "sources": sources,
+        "texts": texts,
         "record_bytes": record_bytes,
         "bad": bad,
     }
@@ -421,15 +427,21 @@ def write_indexes(dst: Path, results: list[dict[str, Any]]) -> list[Path]:
         shards = sorted(shards, key=lambda r: Path(r["output"]).name)
         names = sorted({s for r in shards for s in r["sources"]})
         ids = {n: i for i, n in enumerate(names)}
-        buf = io.BytesIO()
-        np.savez(
-            buf,
+        arrays = dict(
             duration=np.asarray([d for r in shards for d in r["durations"]], dtype=np.float32),
             source_id=np.asarray([ids[s] for r in shards for s in r["sources"]], dtype=np.int32),
             sources=np.asarray(names, dtype=np.str_),
             shards=np.asarray([Path(r["output"]).name for r in shards], dtype=np.str_),
             shard_records=np.asarray([r["records"] for r in shards], dtype=np.int64),
         )
+        if all("texts" in r for r in shards):
+            encoded = [t.encode("utf-8") for r in shards for t in r["texts"]]
+            arrays["text_offsets"] = np.concatenate([[0], np.cumsum([len(t) for t in encoded])]).astype(
+                np.int64
+            )
+            arrays["text_utf8"] = np.frombuffer(b"".join(encoded), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
         path = dst / split / "index.npz"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)

@@ -16,6 +16,10 @@ Per epoch (randomness from ``(seed, epoch)`` only):
 5. shuffle the order of the batches.
 
 Evaluation plans skip 2, 3 and 5: record order, bucket by bucket, one pass.
+
+Packed plans (`packed_epoch_plan`, ``data.packing``, training only) replace step 4: the shuffled records are
+packed several to a row of the largest bucket (trainer/data/packing.py), and the rows, in the order the packer
+closes them, are cut into global batches. A record too long for even an empty row is left out and counted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.audio import HOP, SAMPLE_RATE
+from trainer.data.packing import ClipCosts, RowCapacity, pack
+from trainer.model.geometry import chunk_slots, encoder_token_count
 
 PAD_ROW = -1
 
@@ -38,11 +44,13 @@ class SplitIndex:
         duration: float32 [N] seconds.
         source_id: int32 [N] index into ``sources``.
         sources: dataset names.
+        texts: the transcripts, when the index holds them (packing needs each clip's token count up front).
     """
 
     duration: np.ndarray
     source_id: np.ndarray
     sources: tuple[str, ...]
+    texts: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.duration.size)
@@ -55,10 +63,13 @@ class SplitIndex:
 
 @dataclass(frozen=True)
 class PlannedBatch:
-    """One global batch: its bucket and its record indices (``PAD_ROW`` for padding rows)."""
+    """One global batch: its bucket and its record indices (``PAD_ROW`` for padding rows and empty slots).
+
+    ``rows`` is int64 [global batch] (one clip per row) or [global batch, clips] (packed rows).
+    """
 
     bucket: int
-    rows: np.ndarray  # int64 [global batch]
+    rows: np.ndarray
 
 
 def assign_buckets(num_frames: np.ndarray, bucket_frames: Sequence[int]) -> np.ndarray:
@@ -135,9 +146,7 @@ def epoch_plan(
     records = eligible(index, bucket_frames, min_duration, max_duration)
     rng = np.random.default_rng([seed, epoch])
     if shuffle:
-        if source_weights:
-            records = mixture(index, records, source_weights, rng)
-        records = rng.permutation(records)
+        records = _shuffled(index, records, source_weights, rng)
     buckets = assign_buckets(index.num_frames()[records], bucket_frames)
     batches: list[PlannedBatch] = []
     for b in range(len(bucket_frames)):
@@ -150,6 +159,113 @@ def epoch_plan(
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def _shuffled(
+    index: SplitIndex, records: np.ndarray, source_weights: dict[str, float] | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Steps 2 and 3: the epoch's mixture, in shuffled order."""
+    if source_weights:
+        records = mixture(index, records, source_weights, rng)
+    return rng.permutation(records)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch: its global batches, in the order they are consumed, and its draws left out, by reason."""
+
+    batches: list[PlannedBatch]
+    dropped: dict[str, int]
+
+
+def packed_epoch_plan(
+    index: SplitIndex,
+    costs: ClipCosts,
+    capacity: RowCapacity,
+    bucket: int,
+    global_batch: int,
+    *,
+    seed: int,
+    epoch: int,
+    min_duration: float,
+    max_duration: float,
+    source_weights: dict[str, float] | None = None,
+) -> EpochPlan:
+    """The global batches of one packed training epoch (see the module docstring).
+
+    Args:
+        index: the split's per-record metadata.
+        costs: every record's cost in a row (`ClipCosts.of`: frames from the index, tokens of its training row).
+        capacity: what a row of the packing bucket holds.
+        bucket: that bucket's index (the batches' static shape).
+        global_batch: rows per global batch (all processes).
+        seed, epoch: determine everything random.
+        min_duration, max_duration: the duration filter in seconds.
+        source_weights: training mixture (None or empty: every record once).
+
+    Returns:
+        The epoch's batches in the order they are consumed, and ``dropped``: the epoch's draws that fit no
+        row (``text_too_long``: the prompt and transcript exceed the row's tokens; the audio always fits, by
+        the duration filter).
+    """
+    if global_batch < 1:
+        raise ValueError(f"global batch must be >= 1, got {global_batch}")
+    records = eligible(index, [capacity.frames], min_duration, max_duration)
+    rng = np.random.default_rng([seed, epoch])
+    records = _shuffled(index, records, source_weights, rng)
+    fits = costs.fits(capacity)[records]
+    dropped = {"text_too_long": int((~fits).sum())} if not fits.all() else {}
+    rows = pack(records[fits], costs, capacity)
+    batches = []
+    for start in range(0, len(rows), global_batch):
+        table = np.full((global_batch, capacity.clips), PAD_ROW, np.int64)
+        for r, members in enumerate(rows[start : start + global_batch]):
+            table[r, : len(members)] = members
+        batches.append(PlannedBatch(bucket, table))
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    return EpochPlan(batches, dropped)
+
+
+def plan_fill(
+    batches: list[PlannedBatch], costs: ClipCosts, buckets: Sequence[tuple[int, int]], n_window: int = 50
+) -> dict[str, float]:
+    """How much of what an epoch's batches compute carries real data (padding rows included).
+
+    Keys: ``token_fill`` (decoder tokens), ``frame_fill`` (mel frames of the batch arrays), ``chunk_fill``
+    (frames over the encoder's conv chunk slots: a clip's last partial second is padding in any layout),
+    ``audio_token_fill`` (the encoder's token stream), ``rows``, ``clips``, ``steps`` and ``steps_per_bucket``.
+    """
+    chunk = 2 * n_window
+    real = dict.fromkeys(("tokens", "frames", "audio_tokens"), 0)
+    slots = dict.fromkeys(("tokens", "frames", "chunk_frames", "audio_tokens"), 0)
+    steps = [0] * len(buckets)
+    clips = rows = 0
+    for p in batches:
+        frames, tokens = buckets[p.bucket]
+        per_row = p.rows.shape[1] if p.rows.ndim == 2 else 1
+        members = p.rows[p.rows != PAD_ROW]
+        n = p.rows.shape[0]
+        real["tokens"] += int(costs.tokens[members].sum())
+        real["frames"] += int(costs.frames[members].sum())
+        real["audio_tokens"] += int(costs.audio_tokens[members].sum())
+        slots["tokens"] += n * tokens
+        slots["frames"] += n * frames
+        slots["chunk_frames"] += n * chunk_slots(frames, per_row, chunk) * chunk
+        slots["audio_tokens"] += n * -(-frames // chunk) * int(encoder_token_count(chunk, n_window))
+        steps[p.bucket] += 1
+        clips += members.size
+        rows += n
+    ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
+    return {
+        "token_fill": ratio(real["tokens"], slots["tokens"]),
+        "frame_fill": ratio(real["frames"], slots["frames"]),
+        "chunk_fill": ratio(real["frames"], slots["chunk_frames"]),
+        "audio_token_fill": ratio(real["audio_tokens"], slots["audio_tokens"]),
+        "rows": rows,
+        "clips": clips,
+        "steps": len(batches),
+        "steps_per_bucket": steps,
+    }
 
 
 def process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:

@@ -37,6 +37,20 @@ class DataConfig(Frozen):
         "replacement while a source has enough clips, then repeated). Empty: every clip once per epoch. "
         "Sources not listed get weight 0. Evaluation splits ignore this.",
     )
+    packing: bool = Field(
+        False,
+        description="Pack several clips into each training row of the largest bucket (best fit over the "
+        "shuffled epoch; each clip keeps its own prompt, positions, segment and audio, and the model attends "
+        "within a clip only), instead of one clip per row of the first bucket that holds it. Evaluation "
+        "never packs. Needs the transcripts in the split's index.npz (written by `sawt data convert`).",
+    )
+    max_clips_per_row: int = Field(
+        16,
+        ge=2,
+        le=256,
+        description="Clip slots of a packed row (the static size of the per-clip audio arrays); a row closes "
+        "when they are used up. Only read with packing.",
+    )
     shuffle_seed_offset: int = Field(
         0, description="Added to the experiment seed for the data order, to reshuffle without changing init."
     )

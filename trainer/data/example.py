@@ -689,6 +689,15 @@ def peek_speech_meta(data: bytes, *, expected_rate: int | None = SAMPLE_RATE) ->
     return _meta(_decode_or_bad(data), expected_rate)
 
 
+def peek_speech_text(data: bytes) -> str:
+    """The transcript of a speech record, nothing else decoded into numpy (for indexing a split).
+
+    Raises:
+        BadRecord: undecodable bytes, or a missing or non-UTF-8 ``text``.
+    """
+    return _text(_decode_or_bad(data), "text")
+
+
 def decode_speech(
     data: bytes, *, expected_rate: int | None = SAMPLE_RATE, optional_text: tuple[str, ...] = ()
 ) -> SpeechRecord:
