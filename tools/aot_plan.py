@@ -75,30 +75,22 @@ def topology_devices(topo: AotTopology) -> list[Any]:
     return list(desc.devices)
 
 
-def _abstract_batch(mesh: Any, batch: int, seq: int, frames: int, mel: int) -> dict[str, Any]:
+def _abstract_batch(mesh: Any, batch: int, seq: int, frames: int, clips: int) -> dict[str, Any]:
+    """The training batch's arrays as sharded shapes: the loader's own layout (packed when ``clips``)."""
     import jax
-    import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from trainer.data.loader import empty_batch
     from trainer.distributed import BATCH_AXES
 
-    shapes = {
-        "input_ids": ((batch, seq), jnp.int32),
-        "targets": ((batch, seq), jnp.int32),
-        "loss_mask": ((batch, seq), jnp.float32),
-        "token_mask": ((batch, seq), jnp.bool_),
-        "positions": ((batch, seq), jnp.int32),
-        "audio_mel": ((batch, mel, frames), jnp.float32),
-        "audio_frames": ((batch,), jnp.int32),
-        "audio_tokens": ((batch,), jnp.int32),
-        "audio_offset": ((batch,), jnp.int32),
-    }
+    arrays = empty_batch(batch, frames, seq, clips)
     return {
         k: jax.ShapeDtypeStruct(
-            shape, dtype, sharding=NamedSharding(mesh, P(BATCH_AXES, *([None] * (len(shape) - 1))))
+            v.shape, v.dtype, sharding=NamedSharding(mesh, P(BATCH_AXES, *([None] * (v.ndim - 1))))
         )
-        for k, (shape, dtype) in shapes.items()
+        for k, v in arrays.items()
+        if k != "meta"
     }
 
 
@@ -148,6 +140,7 @@ def plan(
     frames = frames or cfg.data.buckets[-1][0]
     seq = seq or cfg.data.buckets[-1][1]
     batch = cfg.train.global_batch_size
+    clips = cfg.data.max_clips_per_row if cfg.data.packing else 0
     shape = dict(zip(MESH_AXES, mesh_shape(cfg.mesh, len(devices)), strict=True))
     # The batch axis is sharded over data x fsdp x expert; XLA's own error for a misfit is an opaque traceback.
     batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
@@ -166,6 +159,8 @@ def plan(
         "global_batch": batch,
         "seq_len": seq,
         "audio_frames": frames,
+        "packing": cfg.data.packing,
+        "clips_per_row": clips if clips else 1,
         "freeze": list(cfg.train.freeze),
         "param_dtype": mcfg.param_dtype,
         "compute_dtype": mcfg.compute_dtype,
@@ -174,7 +169,7 @@ def plan(
         "params": param_counts(mcfg),
         "hbm_budget_bytes": topo.hbm_budget_bytes,
     }
-    flops = train_flops_per_step(mcfg, batch, seq, frames, cfg.train.freeze)
+    flops = train_flops_per_step(mcfg, batch, seq, frames, cfg.train.freeze, clips or 1)
     result["flops_per_step"] = flops
     result["predicted_step_seconds"] = flops / (topo.chips * topo.peak_flops * mfu)
     result["predicted_step_seconds_at_peak"] = flops / (topo.chips * topo.peak_flops)
@@ -183,7 +178,7 @@ def plan(
     t0 = time.monotonic()
     with jax.set_mesh(mesh):
         program = build_program(cfg, backend, mesh)
-        abstract_batch = _abstract_batch(mesh, batch, seq, frames, mcfg.audio.num_mel_bins)
+        abstract_batch = _abstract_batch(mesh, batch, seq, frames, clips)
         lowered = jax.jit(
             program.step,
             in_shardings=(program.shardings, {k: v.sharding for k, v in abstract_batch.items()}),
@@ -244,7 +239,8 @@ def format_plan(p: dict[str, Any]) -> str:
     gib = 2**30
     lines = [
         f"plan: {p['config']} on {p['topology']} ({p['chips']} chips), mesh {p['mesh']}, "
-        f"batch {p['global_batch']} x {p['seq_len']} tokens, {p['audio_frames']} mel frames",
+        f"batch {p['global_batch']} x {p['seq_len']} tokens, {p['audio_frames']} mel frames"
+        + (f", packed ({p['clips_per_row']} clip slots per row)" if p.get("packing") else ""),
         f"  params {p['params']['total'] / 1e9:.2f} B total, {p['params']['active'] / 1e9:.2f} B active; "
         f"freeze {p['freeze'] or 'none'}; dtypes {p['param_dtype']}/{p['compute_dtype']}; remat {p['remat']}; "
         f"MoE dispatch {p['moe_impl']}",

@@ -174,7 +174,8 @@ def backend(cfg: ExperimentConfig) -> Backend:
         from trainer.flops import train_flops_per_step
 
         b, s = shapes["input_ids"]
-        return train_flops_per_step(mcfg, b, s, shapes["audio_mel"][-1], cfg.train.freeze)
+        clips = shapes["audio_frames"][1] if len(shapes["audio_frames"]) == 2 else 1
+        return train_flops_per_step(mcfg, b, s, shapes["audio_mel"][-1], cfg.train.freeze, clips)
 
     return Backend(
         init_params=init_params,

@@ -69,12 +69,19 @@ def _text_flops_per_token(text: Any, seq_len: int) -> float:
     return text.num_hidden_layers * per_layer + 2 * h * text.vocab_size
 
 
-def _audio_flops_per_clip(audio: Any, frames: int) -> float:
-    """Forward matmul FLOPs of the audio encoder on one clip padded to ``frames`` mel frames."""
+def _audio_flops_per_row(audio: Any, frames: int, clips: int = 1) -> float:
+    """Forward matmul FLOPs of the audio encoder on one batch row of ``frames`` mel frames.
+
+    The convs run on the row's chunk slots (`chunk_slots`: one clip per row needs ceil(frames / 100); packed
+    rows get 10% more); the transformer runs on the row's token stream (13 per 100 frames) with attention over
+    the whole stream (masked to each clip's windows, but computed densely).
+    """
+    from trainer.model.geometry import chunk_slots
+
     c, d, ff = audio.downsample_hidden_size, audio.d_model, audio.encoder_ffn_dim
     mel = audio.num_mel_bins
-    chunks = -(-frames // audio.chunk_frames)
-    tokens = chunks * audio.tokens_per_chunk
+    chunks = chunk_slots(frames, clips, audio.chunk_frames)
+    tokens = -(-frames // audio.chunk_frames) * audio.tokens_per_chunk
     # Three 3x3 stride-2 convs over (mel, time) per chunk; each output element costs 2*9*Cin FLOPs.
     t1 = audio.tokens_per_chunk * 4  # time steps after conv1 (ceil halvings of 100 -> 50, 25, 13)
     t2 = audio.tokens_per_chunk * 2
@@ -82,33 +89,38 @@ def _audio_flops_per_clip(audio: Any, frames: int) -> float:
     conv = chunks * (
         2 * 9 * 1 * c * (mel // 2) * t1 + 2 * 9 * c * c * (mel // 4) * t2 + 2 * 9 * c * c * (mel // 8) * t3
     )
-    conv_out = 2 * c * (mel // 8) * d * tokens
-    window = min(tokens, audio.window_tokens)
-    per_layer = tokens * (4 * 2 * d * d + 2 * 2 * d * ff + 4 * window * d)
+    conv_out = 2 * c * (mel // 8) * d * chunks * audio.tokens_per_chunk
+    per_layer = tokens * (4 * 2 * d * d + 2 * 2 * d * ff + 4 * tokens * d)
     heads = tokens * (2 * d * d + 2 * d * audio.output_dim)
     return conv + conv_out + audio.encoder_layers * per_layer + heads
 
 
 def train_flops_per_step(
-    model_config: Any, batch: int, seq_len: int, audio_frames: int, frozen: tuple[str, ...] | list[str] = ()
+    model_config: Any,
+    batch: int,
+    seq_len: int,
+    audio_frames: int,
+    frozen: tuple[str, ...] | list[str] = (),
+    clips_per_row: int = 1,
 ) -> float:
     """Analytic matmul FLOPs of one training step over the global batch.
 
     Formula (documented in docs/training.md): forward FLOPs x 3 (forward, then backward for activation
     and weight gradients). Text: per token, the attention projections, dense attention over the row, the
     router, ``top_k`` SwiGLU experts and the lm_head. Audio: the three convs, conv_out, every encoder
-    layer (windowed attention) and the two output projections, per clip. A frozen audio encoder runs
-    forward only (x1): no gradient flows into it.
+    layer and the two output projections, per row (`_audio_flops_per_row`). A frozen audio encoder runs
+    forward only (x1): no gradient flows into it. Padding is computed, so it counts.
 
     Args:
         model_config: a `trainer.model.config.ModelConfig`.
         batch: rows in the global batch.
         seq_len: text tokens per row (the bucket's padded length; padding is computed too).
-        audio_frames: mel frames per clip (the bucket's padded length).
+        audio_frames: mel frames per row (the bucket's padded length).
         frozen: frozen parameter groups (see trainer/optim.py).
+        clips_per_row: clip slots per row (packed rows, ``data.max_clips_per_row``); 1 for one clip per row.
     """
     text = batch * seq_len * _text_flops_per_token(model_config.text, seq_len)
-    audio = batch * _audio_flops_per_clip(model_config.audio, audio_frames)
+    audio = batch * _audio_flops_per_row(model_config.audio, audio_frames, clips_per_row)
     return 3 * text + (1 if "audio_encoder" in frozen else 3) * audio
 
 

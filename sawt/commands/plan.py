@@ -11,9 +11,13 @@ examples:
   sawt plan --config tiny --topology v4-8
   sawt plan --config qwen3-omni-30b-a3b --topology v4-32 --mesh fsdp=16 train.freeze=[audio_encoder]
   sawt plan --config qwen3-omni-30b-a3b --topology v4-32 --mesh fsdp=4,expert=4 --json plan.json
+  sawt plan --config qwen3-omni-30b-a3b --topology v4-32 --fill pack.json --clips 520296 --no-compile
+  sawt plan --config qwen3-omni-30b-a3b --topology v4-32 --index /data/arrayrecord/train --no-compile
 
 Shapes only: no weights are read and no TPU is needed (libtpu compiles for compile-only devices). JSON keys
-include fits, per_chip_bytes, flops_per_step and predicted_step_seconds (see docs/training.md).
+include fits, per_chip_bytes, flops_per_step and predicted_step_seconds (see docs/training.md). With --fill
+(the JSON of `sawt bench pack`) or --index (a converted split), the plan also predicts one epoch, packed
+and bucketed: steps, and wall time at the chip's peak and at --mfu (JSON key epoch).
 """
 
 
@@ -37,6 +41,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seq", type=int, default=None, help="text tokens per row (default: largest data bucket)")
     p.add_argument("--frames", type=int, default=None, help="mel frames per clip (default: largest bucket)")
+    p.add_argument(
+        "--fill",
+        default=None,
+        metavar="FILE",
+        help="predict an epoch from the batch fill `sawt bench pack --json FILE` measured",
+    )
+    p.add_argument(
+        "--index",
+        default=None,
+        metavar="SPLIT",
+        help="predict an epoch from a converted split's index.npz (its directory or the file; the config's "
+        "tokenizer counts the transcripts' tokens)",
+    )
+    p.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="clips in the epoch (default: the bench's recorded epoch, or the split's own clips)",
+    )
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip the AOT compile (FLOPs and the epoch prediction only)"
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the plan as JSON here")
     p.add_argument(
         "--timeout", type=float, default=3600, help="give up on the compile after this many seconds"
@@ -64,6 +90,52 @@ def mesh_overrides(text: str | None) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from core.errors import UsageError
+    from tools.aot_plan import TOPOLOGIES, format_plan
+    from trainer.config import load_experiment
+
+    if args.topology not in TOPOLOGIES:
+        raise UsageError(f"unknown topology {args.topology!r}; known: {', '.join(TOPOLOGIES)}")
+    if args.fill and args.index:
+        raise UsageError("--fill and --index both give the batch fill; pass one")
+    if args.no_compile and not (args.fill or args.index):
+        raise UsageError("--no-compile leaves nothing to report without --fill or --index")
+    overrides = [*args.overrides, *mesh_overrides(args.mesh)]
+    cfg = load_experiment(args.config, overrides)  # fail fast on a bad config
+    result: dict = {"config": args.config, "overrides": overrides, "topology": args.topology}
+    if not args.no_compile:
+        compiled = _compile(args, overrides)
+        if isinstance(compiled, int):
+            return compiled
+        result = compiled
+        print(format_plan(result))
+    if args.fill or args.index:
+        from tools import epoch_plan
+
+        try:
+            stats = (
+                epoch_plan.fill_from_bench(args.fill)
+                if args.fill
+                else epoch_plan.fill_from_index(cfg, args.index)
+            )
+        except (OSError, ValueError) as err:
+            raise UsageError(str(err)) from err
+        topo = TOPOLOGIES[args.topology]
+        result["epoch"] = epoch_plan.estimate(
+            stats, cfg.model, cfg.train.freeze, topo.chips, topo.peak_flops, args.mfu, args.clips
+        )
+        result["epoch"]["fill_source"] = stats.get("source")
+        print(epoch_plan.format_epoch(result["epoch"], args.topology))
+    if args.json:
+        from core.fileio import atomic_write_json
+
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _compile(args: argparse.Namespace, overrides: list[str]) -> dict | int:
+    """Runs the AOT compile in a subprocess (libtpu's environment); the plan dict, or an exit code."""
     import json
     import os
     import subprocess
@@ -72,13 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from core.errors import UsageError
-    from tools.aot_plan import AOT_ENV, EXIT_BAD_INPUT, TOPOLOGIES, format_plan
-    from trainer.config import load_experiment
+    from tools.aot_plan import AOT_ENV, EXIT_BAD_INPUT
 
-    if args.topology not in TOPOLOGIES:
-        raise UsageError(f"unknown topology {args.topology!r}; known: {', '.join(TOPOLOGIES)}")
-    overrides = [*args.overrides, *mesh_overrides(args.mesh)]
-    load_experiment(args.config, overrides)  # fail fast on a bad config
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "plan.json"
         cmd = [
@@ -122,10 +189,4 @@ def _run(args: argparse.Namespace) -> int:
             print(f"sawt plan: the AOT compile failed (exit {proc.returncode})", file=sys.stderr)
             return 1
         result = json.loads(out.read_text())
-    print(format_plan(result))
-    if args.json:
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return result

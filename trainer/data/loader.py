@@ -67,11 +67,18 @@ def read_index(root: str | Path, split: str, shards: Sequence[Path] | None = Non
     path = Path(root) / split / "index.npz"
     if not path.is_file():
         return scan_index(shards)
+    index, names = load_index_file(path)
+    if names is not None and names != [p.name for p in shards]:
+        raise DataError(f"{path}: lists shards {names} but the directory holds {[p.name for p in shards]}")
+    return index
+
+
+def load_index_file(path: str | Path) -> tuple[SplitIndex, list[str] | None]:
+    """An ``index.npz`` on its own: the index and the shard names it lists (None in older files)."""
     with np.load(path, allow_pickle=False) as npz:
         texts = None
         if "text_utf8" in npz.files:
-            blob, offsets = bytes(npz["text_utf8"]), npz["text_offsets"]
-            bounds = offsets.tolist()
+            blob, bounds = bytes(npz["text_utf8"]), npz["text_offsets"].tolist()
             texts = tuple(blob[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds))
         index = SplitIndex(
             duration=np.asarray(npz["duration"], np.float32),
@@ -80,9 +87,7 @@ def read_index(root: str | Path, split: str, shards: Sequence[Path] | None = Non
             texts=texts,
         )
         names = [str(s) for s in npz["shards"]] if "shards" in npz.files else None
-    if names is not None and names != [p.name for p in shards]:
-        raise DataError(f"{path}: lists shards {names} but the directory holds {[p.name for p in shards]}")
-    return index
+    return index, names
 
 
 def scan_index(shards: Sequence[Path]) -> SplitIndex:
