@@ -7,6 +7,7 @@ import argparse
 SUITES = {
     "data": "Example decode vs protobuf, log-mel vs WhisperFeatureExtractor, loader clips/s, convert vs cp.",
     "model": "Train tokens/s and greedy decode tokens/s vs HF transformers; conversion peak RSS.",
+    "pack": "Packed vs bucketed batches: token and frame fill, train-step useful tokens/s, v4-32 epoch hours.",
     "serve": "Server throughput and latency at 1/8/32 clients vs one request at a time; overload shedding.",
     "demo": "The demo's training time (target <= 12 min) and held-out test WER (target <= 0.35), a fresh run.",
 }
