@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.data.test_loader import _config as loader_config
+from tests.data.test_loader import _same, _take
 from trainer.data import batching
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
@@ -136,18 +138,7 @@ def test_plan_is_identical_in_separate_interpreters():
 
 
 def _config(corpus, **kw) -> DataConfig:
-    return DataConfig(dir=str(corpus.arrayrecord), num_threads=1, prefetch_batches=2, packing=True, **kw)
-
-
-def _take(iterator, n):
-    return [next(iterator) for _ in range(n)]
-
-
-def _same(a, b):
-    assert a["meta"]["sample_id"] == b["meta"]["sample_id"]
-    for key in a:
-        if key != "meta":
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    return loader_config(corpus, packing=True, **kw)
 
 
 def _ids(batch) -> list[str]:
