@@ -19,7 +19,8 @@ Three sections:
   by round. Useful tokens = valid decoder tokens; the ratio is useful tokens per second packed over
   bucketed.
 
-The load average is recorded before and after; a run above half the cores is marked ``"loaded": true``.
+The harness (bench/harness.py) records the machine and the load average before and after; a run above half
+the cores is marked ``"loaded": true`` (or refused with ``--refuse-loaded``).
 JSON: the issue's headline keys at the top level, ``fill_stats`` (what `sawt plan --fill` reads) and each
 section's details under ``sections``.
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -280,46 +280,30 @@ def bench_throughput(quick: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _load() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+def run(quick: bool, refuse_loaded: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """All three sections, framed by `bench.harness.bench_run` (machine, load before and after, ``loaded``)."""
+    from bench.harness import ThreadBudget, bench_run
 
-
-def run(quick: bool) -> dict[str, Any]:
-    """All three sections, with the machine and the load average before and after."""
-    import platform
-
-    before = _load()
-    _log(f"pack: load average {before:.2f} on {os.cpu_count()} cores")
-    results: dict[str, Any] = {
-        "suite": "pack",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "quick": quick,
-        "sections": {},
-    }
-    t0 = time.monotonic()
-    fill = bench_fill(quick)
-    results["sections"]["fill"] = {k: v for k, v in fill.items() if k != "fill_stats"}
-    results["fill_stats"] = fill["fill_stats"]
-    results["sections"]["epoch"] = bench_epoch(fill)
-    _log(f"pack: fill and epoch done in {time.monotonic() - t0:.1f} s; throughput run next")
-    results["sections"]["throughput"] = bench_throughput(quick)
-    for section in results["sections"].values():
-        for key in HEADLINE:
-            if key in section:
-                results[key] = section[key]
-    after = _load()
-    limit = 0.5 * (os.cpu_count() or 1)
-    results.update(load_average_before=before, load_average_after=after, loaded=max(before, after) > limit)
-    if results["loaded"]:
-        results["warning"] = (
-            f"loaded machine (load average {before:.2f} before, {after:.2f} after, limit {limit:g}): the "
-            "throughput ratio was measured interleaved, but re-run on a quiet machine before claiming it"
-        )
-        _log("WARNING: " + results["warning"])
+    budget = ThreadBudget.for_threads(threads)
+    with bench_run("pack", refuse_loaded=refuse_loaded, log=_log) as results:
+        budget.apply_here()  # before JAX creates its CPU client: the affinity sizes its thread pools
+        results["quick"] = quick
+        results["thread_budget"] = {
+            **budget.describe(),
+            "sides": "both sides run the same jitted train step in this process, on the same cores",
+        }
+        results["sections"] = {}
+        t0 = time.monotonic()
+        fill = bench_fill(quick)
+        results["sections"]["fill"] = {k: v for k, v in fill.items() if k != "fill_stats"}
+        results["fill_stats"] = fill["fill_stats"]
+        results["sections"]["epoch"] = bench_epoch(fill)
+        _log(f"pack: fill and epoch done in {time.monotonic() - t0:.1f} s; throughput run next")
+        results["sections"]["throughput"] = bench_throughput(quick)
+        for section in results["sections"].values():
+            for key in HEADLINE:
+                if key in section:
+                    results[key] = section[key]
     return results
 
 
@@ -337,8 +321,12 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of `sawt bench pack` (``args.quick``, ``args.json``)."""
-    results = run(bool(getattr(args, "quick", False)))
+    """Entry point of `sawt bench pack` (``args.quick``, ``args.json``, the harness's flags)."""
+    results = run(
+        bool(getattr(args, "quick", False)),
+        refuse_loaded=bool(getattr(args, "refuse_loaded", False)),
+        threads=getattr(args, "threads", None),
+    )
     print(report(results))
     if getattr(args, "json", None):
         from core.fileio import atomic_write_json
@@ -349,7 +337,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from bench.harness import add_cli_flags
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    add_cli_flags(parser)
     sys.exit(main(parser.parse_args()))
