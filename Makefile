@@ -91,6 +91,7 @@ bench: setup $(VENV_REF)/.installed
 	$(SAWT) bench data --json $(BENCH_DIR)/data.json
 	$(SAWT) bench model --json $(BENCH_DIR)/model.json
 	$(SAWT) bench serve --json $(BENCH_DIR)/serve.json
+	$(SAWT) bench pack --json $(BENCH_DIR)/pack.json
 
 # The demo's training time and WER (a fresh run of `make demo`'s training; docs/training.md), ~15 min.
 bench-demo: setup
