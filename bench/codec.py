@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from trainer.data.audio_io import SAMPLE_RATE
 
 
 def interleaved_per_call(

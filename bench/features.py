@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from trainer.data.audio_io import SAMPLE_RATE
 
 
 def _cpu_per_call(fn: Callable[[], Any], number: int) -> float:

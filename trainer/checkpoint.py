@@ -27,8 +27,8 @@ from etils import epath
 from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
 
 from trainer.config import CheckpointConfig
+from trainer.model_checkpoint import MODEL_CONFIG_FILE
 
-MODEL_CONFIG_FILE = "model_config.json"
 META_ITEM = "train_meta"
 
 

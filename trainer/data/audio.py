@@ -25,7 +25,8 @@ import math
 import numpy as np
 import scipy.fft
 
-SAMPLE_RATE = 16_000
+from trainer.data.audio_io import SAMPLE_RATE
+
 N_FFT = 400
 HOP = 160
 NUM_MEL_BINS = 128

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+# The one definition of the model's audio rate (the Whisper front end's; the Examples' schema).
 SAMPLE_RATE = 16_000
 # Below 1 kHz nothing intelligible survives; above 384 kHz is not a real recording.
 MIN_SOURCE_RATE = 1_000

@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from trainer.data.audio_io import SAMPLE_RATE
+
 SPEECH_FEATURES = ("audio", "audio_len", "sample_rate", "duration", "text", "dataset_name", "sample_id")
 BAD_RECORD_REASONS = (
     "undecodable",

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from trainer.data.audio_io import SAMPLE_RATE
+
 CLIP_SECONDS = {"clip_1p3": 1.3, "clip_2": 2.0, "clip_9p37": 9.37}
 DEMO_IDS = dict(
     endoftext=0,
