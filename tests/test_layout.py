@@ -202,6 +202,26 @@ def test_layers():
     assert not wrong, "\n".join(wrong)
 
 
+def test_skaffold_syncs_every_package_the_server_imports():
+    """The dev loop's file sync (skaffold.yaml) covers the server's whole import closure, or an edit to
+    (say) trainer/data/longform.py would silently not reach the running server."""
+    import yaml
+
+    graph = import_graph()
+    seen, todo = set(), ["sawt.commands.serve"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph[module]
+    packages = {m.split(".")[0] for m in seen}
+    dev = next(
+        p for p in yaml.safe_load((ROOT / "skaffold.yaml").read_text())["profiles"] if p["name"] == "dev"
+    )
+    synced = {rule["src"].split("/")[0] for patch in dev["patches"] for rule in patch["value"]["manual"]}
+    assert packages <= synced, f"not synced: {sorted(packages - synced)}"
+
+
 # Runs the CLI in a fresh interpreter in which the heavy packages cannot be imported at all.
 _WITHOUT_HEAVY = textwrap.dedent(
     """
