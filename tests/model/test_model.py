@@ -308,3 +308,18 @@ def test_greedy_generate_rejects_left_padded_prompts():
     }
     with pytest.raises(ValueError, match="left-aligned"):
         greedy_generate(model, batch, 4)
+
+
+def test_greedy_generate_with_unrolled_layers_cut_once_matches_the_scanned_stack():
+    """Unrolled layers decode from weights cut once outside the loop (`unstack_layers`): same tokens."""
+    from bench.model import asr_batch, prompt_only
+
+    cfg = load_experiment("small", []).model.model_copy(update={"unroll_layers": False})
+    scanned = Thinker(cfg, rngs=nnx.Rngs(0))
+    unrolled = Thinker(cfg.model_copy(update={"unroll_layers": True}), rngs=nnx.Rngs(0))
+    assert unrolled.model.unroll and not scanned.model.unroll
+    batch = prompt_only(asr_batch(cfg, 2, 1.0, 2, seed=3))
+    ids_a, n_a = greedy_generate(scanned, batch, 6, stop_ids=())
+    ids_b, n_b = greedy_generate(unrolled, batch, 6, stop_ids=())
+    np.testing.assert_array_equal(np.asarray(ids_a), np.asarray(ids_b))
+    np.testing.assert_array_equal(np.asarray(n_a), np.asarray(n_b))

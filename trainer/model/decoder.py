@@ -97,7 +97,7 @@ class TextModel(nnx.Module):
         h, (stats, kv) = scan_layers(self.layers, body, x, policy=self.remat, unroll=self.unroll)
         return self.norm(h), stats, kv
 
-    def decode(self, x, positions, cache_k, cache_v, lengths):
+    def decode(self, x, positions, cache_k, cache_v, lengths, layers=None):
         """One token per row against a KV cache, updating the cache in place.
 
         The whole cache rides in the layer loop's carry and each layer writes only its new token's K/V
@@ -110,6 +110,8 @@ class TextModel(nnx.Module):
             positions: int [R, 1].
             cache_k, cache_v: [L, B, T, Nkv, hd]; slots < lengths[b] hold row b's earlier tokens.
             lengths: int [R]: the slot where each row's new K/V is written.
+            layers: `unstack_layers(self.layers)`, cut by a caller that decodes in a loop (else the
+                stacked layers).
 
         Returns:
             (hidden [R, 1, H], new cache_k, new cache_v) with the caches' full shape.
@@ -134,6 +136,9 @@ class TextModel(nnx.Module):
             return (h, ck_all, cv_all, i + 1), None
 
         (h, cache_k, cache_v, _), _ = scan_layers(
-            self.layers, body, (x, cache_k, cache_v, jnp.int32(0)), unroll=self.unroll
+            self.layers if layers is None else layers,
+            body,
+            (x, cache_k, cache_v, jnp.int32(0)),
+            unroll=self.unroll,
         )
         return self.norm(h), cache_k, cache_v

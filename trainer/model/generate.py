@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from trainer.model.config import ModelConfig
-from trainer.model.layers import _dtype
+from trainer.model.layers import _dtype, unstack_layers
 from trainer.model.thinker import Thinker, _is_concrete, check_audio_placeholders
 
 
@@ -81,7 +81,7 @@ def prefill(model: Thinker, batch: dict, max_len: int) -> tuple[jax.Array, KVCac
 
 
 def decode_step(
-    model: Thinker, cache: KVCache, tokens: jax.Array, active: jax.Array | None = None
+    model: Thinker, cache: KVCache, tokens: jax.Array, active: jax.Array | None = None, layers=None
 ) -> tuple[jax.Array, KVCache]:
     """Feeds one token per row, updating the cache in place when the caller donates it.
 
@@ -91,6 +91,8 @@ def decode_step(
         tokens: int [R] for the first R rows of the cache (R <= B, usually B; the serving engine runs the
             smallest prefix of its slots that holds every active row); rows >= R are left untouched.
         active: bool [R]; inactive rows do not advance their length (their slot is rewritten later).
+        layers: the decoder layers unstacked once by a caller that loops (`unstack_layers`); default the
+            model's stacked layers.
 
     Returns:
         (logits [R, V] fp32, updated cache of the same shape).
@@ -98,16 +100,27 @@ def decode_step(
     r = tokens.shape[0]
     lengths = cache.lengths[:r]
     x = model.model.embed_tokens(tokens[:, None])
-    h, k, v = model.model.decode(x, lengths[:, None], cache.k, cache.v, lengths)
+    h, k, v = model.model.decode(x, lengths[:, None], cache.k, cache.v, lengths, layers=layers)
     logits = model.logits(h)[:, 0]
     step = jnp.ones_like(lengths) if active is None else active.astype(jnp.int32)
     return logits, KVCache(k, v, cache.lengths.at[:r].add(step))
 
 
 def _generate(
-    graphdef, state, batch, max_new_tokens: int, max_len: int, stop_ids: tuple[int, ...], pad_id: int
+    graphdef,
+    state,
+    batch,
+    max_new_tokens: int,
+    max_len: int,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    layer_states: list | None = None,
 ):
     model = nnx.merge(graphdef, state)
+    layers = None
+    if layer_states is not None:  # the per-layer weights, cut by `greedy_generate` outside this program
+        layers_graphdef = nnx.split(model.model.layers)[0]
+        layers = [nnx.merge(layers_graphdef, s) for s in layer_states]
     logits, cache = prefill(model, batch, max_len)
     b = logits.shape[0]
     stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
@@ -123,7 +136,7 @@ def _generate(
         out = out.at[:, i].set(jnp.where(write, tok, pad_id))
         count = count + write.astype(jnp.int32)
         done = done | is_stop
-        logits, cache = decode_step(model, cache, tok, ~done)
+        logits, cache = decode_step(model, cache, tok, ~done, layers)
         return i + 1, cache, jnp.argmax(logits, axis=-1).astype(jnp.int32), out, done, count
 
     init = (
@@ -174,5 +187,11 @@ def greedy_generate(
             raise ValueError("greedy_generate needs left-aligned prompts (valid tokens first, then padding)")
     max_len = max_len or width + max_new_tokens
     arrays = {k: v for k, v in batch.items() if k != "meta" and v is not None}
+    # Unrolled layers (the CPU choice) are cut out of the stacked weights once per call, here, outside the
+    # compiled loop, instead of on every token inside it; a scanned stack (TPU) reads its slices in place.
+    layers = None
+    if model.model.unroll:
+        layers = [nnx.split(layer)[1] for layer in unstack_layers(model.model.layers)]
     graphdef, state = nnx.split(model)
-    return _generate_jit(graphdef, state, arrays, max_new_tokens, max_len, stops, cfg.tokens.pad_token_id)
+    pad = cfg.tokens.pad_token_id
+    return _generate_jit(graphdef, state, arrays, max_new_tokens, max_len, stops, pad, layers)

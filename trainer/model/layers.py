@@ -151,13 +151,35 @@ def remat_policy(name: str):
     }[name]
 
 
-def scan_layers(layers: nnx.Module, body, carry, xs=None, policy: str = "none", unroll: bool = False):
+def unstack_layers(layers: nnx.Module) -> list[nnx.Module]:
+    """The stacked `layers` as one module per layer: the slices of its `[L, ...]` parameters, cut now.
+
+    For a loop that runs the layers many times (a greedy decode): `scan_layers` inside a compiled loop cuts
+    (copies) every layer's weights on every iteration (on XLA:CPU with unrolled layers, a quarter of a
+    decode's op time). Cut outside the compiled program (`greedy_generate` does it eagerly), the slices are
+    separate inputs; cut inside it, XLA sinks them back into the loop body.
+    """
+    graphdef, state = nnx.split(layers)
+    n = jax.tree.leaves(state)[0].shape[0]
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(n)]
+
+
+def scan_layers(layers, body, carry, xs=None, policy: str = "none", unroll: bool = False):
     """Runs `body(layer, carry, x) -> (carry, y)` over the stacked `layers` with `jax.lax.scan`.
 
     `layers` holds parameters with a leading layer axis; each step merges one slice back into a module.
     `policy` is a `remat_policy` name applied to each step. `unroll` lays the layers out one after another
-    in the compiled program (`ModelConfig.unroll_layers`): faster on CPU, longer compiles.
+    in the compiled program (`ModelConfig.unroll_layers`): faster on CPU, longer compiles. `layers` may
+    also be the list of `unstack_layers`: then the layers run one after another (no remat, `xs` None).
     """
+    if isinstance(layers, list):
+        if xs is not None or policy != "none":
+            raise ValueError("unstacked layers run without per-layer inputs and without remat")
+        ys = []
+        for layer in layers:
+            carry, y = body(layer, carry, None)
+            ys.append(y)
+        return carry, None if all(y is None for y in ys) else jax.tree.map(lambda *a: jnp.stack(a), *ys)
     graphdef, state = nnx.split(layers)
 
     def step(c, args):
