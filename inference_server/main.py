@@ -30,18 +30,19 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
     from inference_server.model_engine import ModelEngine, TextSide
     from trainer.data.length import budget_for
     from trainer.model_checkpoint import (
+        checkpoint_path,
         checkpoint_prompt,
         companion_dir,
         load_model_checkpoint,
         load_model_config,
     )
 
-    checkpoint = Path(checkpoint)
+    checkpoint = checkpoint_path(checkpoint)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: checkpoint directory not found")
     model_dir = _resolve(checkpoint)
     model_config = load_model_config(model_dir)
-    prompt = checkpoint_prompt(model_dir, model_config)
+    prompt = checkpoint_prompt(model_dir, model_config, given=checkpoint)
     log.info("serving %s with instruction %r (%s)", model_dir, prompt.style.instruction, prompt.source)
     text_side = TextSide.from_tokenizer(
         prompt.tokenizer,
@@ -49,7 +50,7 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
         style=prompt.style,
         max_context_tokens=config.max_prompt_tokens,
     )
-    budget = budget_for(prompt.tokenizer, companion_dir(model_dir), config.max_new_tokens)
+    budget = budget_for(prompt.tokenizer, companion_dir(checkpoint, model_dir), config.max_new_tokens)
     log.info(
         "generation budget: %.2f tokens/s of audio (%s), at most %d",
         budget.tokens_per_second,
@@ -110,11 +111,12 @@ def serving_mesh(tensor_parallel: int):
     return Mesh(np.asarray(devices[:tensor_parallel]).reshape(shape), MESH_AXES)
 
 
-def _resolve(checkpoint: Path) -> Path:
-    """The model directory: the checkpoint itself, or the chosen step of a trainer run dir."""
+def _resolve(checkpoint):
+    """The model directory (an `epath.Path`, local or ``gs://``): the checkpoint itself, or the chosen step
+    of a trainer run dir."""
     from trainer.model_checkpoint import resolve_checkpoint
 
-    return Path(resolve_checkpoint(checkpoint))
+    return resolve_checkpoint(checkpoint)
 
 
 class DrainingServer(uvicorn.Server):

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# gs:// in tests is the GCS emulator, which has no Storage Control API for gcsfs's bucket-layout probe
+# (tests/helpers/gcs.py); gcsfs reads this when first imported, whichever test imports it first.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import jax  # after the environment above: JAX reads it at import
 

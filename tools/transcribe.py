@@ -90,7 +90,9 @@ class Transcriber:
             config = config.model_copy(update={"compute_dtype": compute_dtype})
         model = nnx.eval_shape(lambda: Thinker(config, rngs=nnx.Rngs(0)))
         load_param_tree(model, params)
-        prompt = checkpoint_prompt(root, config, tokenizer_dir=tokenizer_dir, instruction=instruction)
+        prompt = checkpoint_prompt(
+            root, config, tokenizer_dir=tokenizer_dir, instruction=instruction, given=checkpoint
+        )
         tokenizer = prompt.tokenizer
         if window_s is None:
             window_s = DEFAULT_WINDOW_S
@@ -104,7 +106,7 @@ class Transcriber:
             style=prompt.style,
             cut=cut,
             search_s=search_s,
-            budget=budget_for(tokenizer, companion_dir(root), cap=max_new_tokens),
+            budget=budget_for(tokenizer, companion_dir(checkpoint, root), cap=max_new_tokens),
         )
 
     def make_batch(

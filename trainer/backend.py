@@ -225,7 +225,7 @@ def write_model_files(
     staging.mkdir(parents=True)
     source = None
     if cfg.load_from:
-        source = companion_dir(resolve_checkpoint(cfg.load_from))
+        source = companion_dir(cfg.load_from, resolve_checkpoint(cfg.load_from))
         if source is not None:
             copy_companion_files(source, staging)
             if (source / HF_LAYOUT_FILE).is_file():

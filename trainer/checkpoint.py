@@ -18,6 +18,7 @@ resume would pick up half-written.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,16 @@ def atomicity_mode(directory: str, setting: str) -> ocp.options.AtomicityMode:
     return ocp.options.AtomicityMode.ATOMIC_RENAME
 
 
+class _NoMissingMetricWarning(logging.Filter):
+    """Drops Orbax's warning for a save without metrics: only evaluated steps have a WER, by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMissingMetricWarning())
+
+
 class Checkpointer:
     """Saves and restores trainer state; keeps the last N and the best by validation WER."""
 
@@ -112,6 +123,11 @@ class Checkpointer:
                 )
             )
         options = ocp.CheckpointManagerOptions(
+            # best_fn makes Orbax write each step's metrics (<step>/metrics/metrics) and read them back when
+            # a restarted run reopens the directory; without it BestN sees no WER after a restart and the best
+            # step is deleted by the next save. The preservation policy above decides what is kept.
+            best_fn=(lambda m: m["wer"]) if cfg.keep_best > 0 else None,
+            best_mode="min",
             enable_async_checkpointing=cfg.async_save,
             preservation_policy=ocp.checkpoint_managers.preservation_policy.AnyPreservationPolicy(policies),
             atomicity_options=ocp.options.AtomicityOptions(mode=atomicity_mode(directory, cfg.atomicity)),

@@ -263,7 +263,7 @@ def fine_tune_tree(tree: dict, explicit_keys: list[str]) -> dict:
     for field in ARCHITECTURE_FIELDS:
         model[field] = source[field]
     if not any(k == "tokenizer" or k.startswith("tokenizer.") for k in explicit_keys):
-        files = companion_dir(root)
+        files = companion_dir(tree["load_from"], root)
         if files is None:
             raise configlib.ConfigError(
                 f"{where}: no tokenizer files beside the checkpoint or in its run directory; set tokenizer.dir"

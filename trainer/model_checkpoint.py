@@ -10,10 +10,11 @@ Layout::
 
 A trainer step directory (``RUN/checkpoints/<step>/``) holds the same ``params`` item and
 ``model_config.json``, so `resolve_checkpoint` accepts a model checkpoint, a step directory or a run
-directory (its best step by validation WER, else its latest complete step) alike. A run directory is
-self-describing: ``RUN/model/`` holds the companion files the run trained with (tokenizer, HF config,
-processor and generation configs, `hf_layout.json`) and ``prompt.json``, the prompt it trained on;
-`companion_dir` finds them for any of the three.
+directory (its best step by validation WER, else its latest complete step) alike, locally or on ``gs://``.
+A run directory is self-describing: ``RUN/model/`` holds the companion files the run trained with (tokenizer,
+HF config, processor and generation configs, `hf_layout.json`) and ``prompt.json``, the prompt it trained
+on; `companion_dir` finds them for any of the three. A run whose checkpoints went to ``checkpoint.dir``
+elsewhere (``gs://``) records that in ``RUN/config.yaml``, and `resolve_checkpoint` follows it.
 
 `write_params` saves one leaf at a time with Orbax's partial-save API and then merges the pieces into one
 ordinary PyTree checkpoint, so peak memory is one leaf (not the whole model); host arrays are not
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from core.fileio import atomic_write_text
 from trainer.data.text import (
@@ -47,11 +49,14 @@ from trainer.data.text import (
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 HF_LAYOUT_FILE = "hf_layout.json"
+COMMIT_MARKER = "commit_success.txt"
 # In a run directory: the companion files the run trained with, and the prompt it trained on.
 RUN_MODEL_DIR = "model"
 PROMPT_FILE = "prompt.json"
 # A trainer step's metadata item (trainer/checkpoint.py), which records the step's validation WER.
-TRAIN_META_FILE = Path("train_meta") / "train_meta.json"
+TRAIN_META_FILE = "train_meta/train_meta.json"
+# Orbax's record of the metrics a step was saved with (CheckpointManager with best_fn).
+ORBAX_METRICS_FILE = "metrics/metrics"
 # Files next to the weights that a model checkpoint carries along (tokenizer, processor, HF config).
 COMPANION_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 WEIGHT_FILE_PATTERN = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*\.safetensors\.index\.json$")
@@ -159,6 +164,9 @@ def write_params(
     # ordinary PyTree checkpoint, which is what interface 6 puts at DIR/params.
     os.rename(staging / "state", directory)
     shutil.rmtree(staging)
+    # On gs:// Orbax restores only a directory with this marker (its commit-file protocol); writing it here
+    # keeps a converted checkpoint restorable after it is copied to a bucket. Locally it is ignored.
+    (directory / COMMIT_MARKER).write_text("written by sawt (trainer/model_checkpoint.py)\n")
 
 
 @dataclass(frozen=True)
@@ -221,7 +229,7 @@ def write_params_streaming(directory: str | Path, leaves: Iterable[StreamedLeaf]
         _release_freed_memory()
 
 
-def _param_metadata(params_dir: Path) -> dict[tuple[str, ...], Any]:
+def _param_metadata(params_dir: epath.Path) -> dict[tuple[str, ...], Any]:
     import orbax.checkpoint as ocp
 
     meta = ocp.PyTreeCheckpointer().metadata(params_dir)
@@ -233,12 +241,12 @@ def _param_metadata(params_dir: Path) -> dict[tuple[str, ...], Any]:
 
 def params_metadata(directory: str | Path) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
     """``{path: (shape, dtype)}`` of a model checkpoint's params, read without loading any array."""
-    params_dir = Path(resolve_checkpoint(directory)) / PARAMS_DIR
+    params_dir = resolve_checkpoint(directory) / PARAMS_DIR
     return {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in _param_metadata(params_dir).items()}
 
 
 def read_params(
-    params_dir: str | Path,
+    params_dir: str | os.PathLike[str],
     paths: Iterable[tuple[str, ...]] | None = None,
     *,
     dtype: Any = None,
@@ -259,7 +267,7 @@ def read_params(
     import jax
     import orbax.checkpoint as ocp
 
-    params_dir = Path(params_dir)
+    params_dir = checkpoint_path(params_dir)
     meta = _param_metadata(params_dir)
     wanted = list(meta) if paths is None else [tuple(p) for p in paths]
     for path in wanted:
@@ -316,91 +324,126 @@ def save_model_checkpoint(
     return directory
 
 
-def copy_companion_files(source: str | Path, dest: str | Path) -> list[str]:
-    """Copies config, tokenizer and processor files (everything but weights) from ``source`` to ``dest``."""
-    source, dest = Path(source), Path(dest)
+def copy_companion_files(source: str | os.PathLike[str], dest: str | Path) -> list[str]:
+    """Copies config, tokenizer and processor files (everything but weights) from ``source`` to ``dest``.
+
+    ``source`` may be a ``gs://`` directory; ``dest`` is local.
+    """
+    source, dest = checkpoint_path(source), Path(dest)
     copied = []
-    for f in sorted(source.iterdir()):
-        if (
-            not f.is_file()
-            or WEIGHT_FILE_PATTERN.match(f.name)
-            or f.name in (MODEL_CONFIG_FILE, HF_LAYOUT_FILE)
-        ):
+    for f in sorted(source.iterdir(), key=lambda p: p.name):
+        if WEIGHT_FILE_PATTERN.match(f.name) or f.name in (MODEL_CONFIG_FILE, HF_LAYOUT_FILE):
             continue
-        if f.suffix in COMPANION_SUFFIXES or f.name.startswith("tokenizer"):
-            shutil.copy2(f, dest / f.name)
-            copied.append(f.name)
+        if not (f.suffix in COMPANION_SUFFIXES or f.name.startswith("tokenizer")) or not f.is_file():
+            continue
+        if is_gcs(f):
+            (dest / f.name).write_bytes(f.read_bytes())
+        else:
+            shutil.copy2(os.fspath(f), dest / f.name)
+        copied.append(f.name)
     return copied
 
 
-def _is_checkpoint(path: Path) -> bool:
+def checkpoint_path(path: str | os.PathLike[str]) -> epath.Path:
+    """``path`` as an `epath.Path`: a local path or a ``gs://`` URI alike (pathlib would mangle ``gs://``)."""
+    return epath.Path(path)
+
+
+def is_gcs(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).startswith("gs://")
+
+
+def _is_checkpoint(path: epath.Path) -> bool:
     return (path / MODEL_CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
-def _complete_steps(path: Path) -> list[tuple[int, Path]]:
-    steps = [(int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
+def step_wer(step_dir: str | os.PathLike[str]) -> float | None:
+    """The validation WER a trainer step recorded (None when it was not evaluated).
+
+    Read from the step's ``train_meta`` item, else from Orbax's own metrics record of the step; either is
+    written by `trainer.checkpoint.Checkpointer.save` for an evaluated step.
+    """
+    step_dir = checkpoint_path(step_dir)
+    for record in (TRAIN_META_FILE, ORBAX_METRICS_FILE):
+        try:
+            wer = json.loads((step_dir / record).read_text()).get("wer")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(wer, int | float):
+            return float(wer)
+    return None
+
+
+def _complete_steps(path: epath.Path) -> list[tuple[int, epath.Path]]:
+    steps = [(int(p.name), p) for p in path.iterdir() if p.name.isdigit() and p.is_dir()]
     # With the commit-file protocol (GCS, FUSE) a step is complete only once commit_success.txt is there;
     # with atomic rename a numeric directory is complete by construction (in-flight ones carry a tmp suffix).
-    if any((p / "commit_success.txt").exists() for _, p in steps):
-        steps = [(s, p) for s, p in steps if (p / "commit_success.txt").exists()]
+    if any((p / COMMIT_MARKER).exists() for _, p in steps):
+        steps = [(s, p) for s, p in steps if (p / COMMIT_MARKER).exists()]
     return sorted((s, p) for s, p in steps if _is_checkpoint(p))
 
 
-def step_wer(step_dir: Path) -> float | None:
-    """The validation WER a trainer step recorded (None when it was not evaluated)."""
+def recorded_checkpoint_dir(run_dir: str | os.PathLike[str]) -> epath.Path | None:
+    """Where a trainer run directory keeps its checkpoints when ``checkpoint.dir`` put them elsewhere.
+
+    `sawt train` writes the run's config to ``RUN_DIR/config.yaml``; a run whose logs live on a mounted path
+    and whose checkpoints live at ``checkpoint.dir=gs://...`` is found from its run directory through it.
+    """
+    import yaml
+
+    config = checkpoint_path(run_dir) / "config.yaml"
     try:
-        wer = json.loads((step_dir / TRAIN_META_FILE).read_text()).get("wer")
-    except (OSError, ValueError):
+        recorded = (yaml.safe_load(config.read_text()) or {}).get("checkpoint", {}).get("dir")
+    except (FileNotFoundError, NotADirectoryError, yaml.YAMLError, AttributeError):
         return None
-    return float(wer) if isinstance(wer, (int, float)) else None
+    return checkpoint_path(recorded) if recorded else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The model checkpoint directory that ``path`` denotes.
+def _best_or_latest(steps: list[tuple[int, epath.Path]]) -> epath.Path:
+    """The step with the lowest recorded validation WER (the latest among equals), else the latest step."""
+    scored = [(wer, step, p) for step, p in steps if (wer := step_wer(p)) is not None]
+    if scored:
+        return min(scored, key=lambda t: (t[0], -t[1]))[2]
+    return steps[-1][1]
 
-    Accepts a model checkpoint (``model_config.json`` + ``params/``), a trainer step directory (same
-    layout), or a trainer run directory: then, of the complete numeric steps under ``path`` or
-    ``path/checkpoints``, the one with the lowest validation WER if any step recorded one (the latest of
-    equals), else the latest.
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
+    """The model checkpoint directory that ``path`` denotes (a local path or ``gs://``).
+
+    Accepts
+    - a model checkpoint (``model_config.json`` + ``params/``) or a trainer step directory (same layout);
+    - a trainer run directory or its checkpoint root: its best complete step by recorded validation WER, or
+      its latest complete step when no step was evaluated. The steps are looked for in ``path``,
+      ``path/checkpoints`` and, for a run whose checkpoints went elsewhere (``checkpoint.dir=gs://...``),
+      in the ``checkpoint.dir`` its ``config.yaml`` records;
+    - ``RUN_DIR/checkpoints/STEP``, a pinned step, also when the steps live at the recorded ``checkpoint.dir``.
 
     Raises:
         FileNotFoundError: nothing usable there, with what was looked for.
     """
-    path = Path(path)
+    path = checkpoint_path(path)
+    if not path.exists() and path.parent.name == "checkpoints" and path.name.isdigit():
+        recorded = recorded_checkpoint_dir(path.parent.parent)
+        if recorded is not None:
+            path = recorded / path.name
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     if _is_checkpoint(path):
         return path
-    for candidate in (path, path / "checkpoints"):
+    candidates = [path, path / "checkpoints"]
+    recorded = recorded_checkpoint_dir(path)
+    if recorded is not None:
+        candidates.append(recorded)
+    for candidate in candidates:
         if candidate.is_dir():
             steps = _complete_steps(candidate)
-            scored = [(wer, step, p) for step, p in steps if (wer := step_wer(p)) is not None]
-            if scored:
-                return min(scored, key=lambda x: (x[0], -x[1]))[2]
             if steps:
-                return steps[-1][1]
+                return _best_or_latest(steps)
     raise FileNotFoundError(
         f"{path}: not a model checkpoint (needs {MODEL_CONFIG_FILE} and {PARAMS_DIR}/), nor a run directory "
-        "with complete numeric step directories (in it or in checkpoints/)"
+        "with complete numeric step directories (in it, in checkpoints/, or at the checkpoint.dir its "
+        "config.yaml records)"
     )
-
-
-def companion_dir(checkpoint: str | Path) -> Path | None:
-    """Where the companion files of a checkpoint are (tokenizer, HF config, processor files), or None.
-
-    Beside its params for a converted checkpoint; ``RUN/model/`` for a trainer run directory, its
-    ``checkpoints/`` directory or one of its step directories.
-    """
-    path = Path(checkpoint)
-    for candidate in (
-        path,
-        path / RUN_MODEL_DIR,
-        path.parent / RUN_MODEL_DIR,
-        path.parent.parent / RUN_MODEL_DIR,
-    ):
-        if has_tokenizer(candidate):
-            return candidate
-    return None
 
 
 def load_model_config(directory: str | Path) -> Any:
@@ -434,8 +477,50 @@ def load_model_checkpoint(
 
 def read_hf_layout(directory: str | Path) -> dict[str, Any]:
     """The recorded HF naming of a converted checkpoint (``{}`` when it was not converted from HF)."""
-    path = Path(directory) / HF_LAYOUT_FILE
+    path = checkpoint_path(directory) / HF_LAYOUT_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def companion_dir(*checkpoints: str | os.PathLike[str]) -> Path | None:
+    """Where the companion files of a checkpoint are (tokenizer, HF config, processor files), or None.
+
+    Beside its params for a converted checkpoint; ``RUN/model/`` for a trainer run directory, its
+    ``checkpoints/`` directory or one of its step directories (also ``RUN/checkpoints/STEP`` when the steps
+    live at a ``checkpoint.dir`` elsewhere). Several paths are tried in order: pass the path the user gave
+    before the resolved one, because a step resolved to ``gs://BUCKET/.../STEP`` has no ``RUN/model/`` near
+    it. Companion files on ``gs://`` are fetched into a local directory (the tokenizer loaders read local
+    files), once per process.
+    """
+    for checkpoint in checkpoints:
+        path = checkpoint_path(checkpoint)
+        for candidate in (
+            path,
+            path / RUN_MODEL_DIR,
+            path.parent / RUN_MODEL_DIR,
+            path.parent.parent / RUN_MODEL_DIR,
+        ):
+            if has_tokenizer(candidate):
+                return _local_companions(candidate)
+    return None
+
+
+_FETCHED_COMPANIONS: dict[str, Path] = {}
+
+
+def _local_companions(directory: epath.Path) -> Path:
+    """``directory`` itself when local; a local copy of its companion files when it is on ``gs://``."""
+    if not is_gcs(directory):
+        return Path(directory)
+    key = os.fspath(directory)
+    if key not in _FETCHED_COMPANIONS:
+        import tempfile
+
+        local = Path(tempfile.mkdtemp(prefix="sawt-companions-"))
+        copy_companion_files(directory, local)
+        if (directory / HF_LAYOUT_FILE).is_file():  # copy_companion_files leaves it out (it is not HF's)
+            (local / HF_LAYOUT_FILE).write_bytes((directory / HF_LAYOUT_FILE).read_bytes())
+        _FETCHED_COMPANIONS[key] = local
+    return _FETCHED_COMPANIONS[key]
 
 
 @dataclass(frozen=True)
@@ -457,6 +542,7 @@ def checkpoint_prompt(
     *,
     tokenizer_dir: str | Path | None = None,
     instruction: str | None = None,
+    given: str | os.PathLike[str] | None = None,
 ) -> CheckpointPrompt:
     """The tokenizer and prompt wording of a resolved model checkpoint (`resolve_checkpoint`'s result).
 
@@ -464,13 +550,15 @@ def checkpoint_prompt(
     (`companion_dir`), unless ``tokenizer_dir`` says otherwise. The wording (`PromptStyle`) is the one the run
     trained with (``model/prompt.json``, checked against the tokenizer's rendering); ``instruction`` replaces
     its default instruction; a converted release has none and gets the default wording. The tokenizer's ids
-    are checked against the model's.
+    are checked against the model's. ``given``: the path the user named (a run directory), looked in first,
+    since a step resolved to ``checkpoint.dir=gs://...`` has no ``RUN/model/`` near it.
 
     Raises:
         TokenizerError: no tokenizer found, or one that does not belong to the model or the run's prompt.
     """
-    root = Path(checkpoint)
-    files = Path(tokenizer_dir) if tokenizer_dir else companion_dir(root)
+    root = checkpoint
+    companions = companion_dir(*(p for p in (given, root) if p is not None))
+    files = Path(tokenizer_dir) if tokenizer_dir else companions
     if files is None:
         raise TokenizerError(
             f"{root}: no tokenizer beside the checkpoint or in its run directory's model/ (pass the "
@@ -478,7 +566,7 @@ def checkpoint_prompt(
         )
     tok = load_tokenizer(files)
     check_model_ids(tok, model_config, str(root))
-    record_file = (companion_dir(root) or files) / PROMPT_FILE
+    record_file = (companions or files) / PROMPT_FILE
     style, source = PromptStyle(), "default"
     if record_file.is_file():
         try:

@@ -456,7 +456,7 @@ def orbax_to_hf(
     if base is not None and not (base / "config.json").is_file():
         raise FileNotFoundError(f"--base {base}: no config.json (expected the HF release directory)")
     config = load_model_config(root)
-    files = companion_dir(root)
+    files = companion_dir(ckpt, root)
     layout = read_hf_layout(files) if files is not None else {}
     layout = layout or read_hf_layout(root)
     if base is not None:
@@ -605,7 +605,13 @@ class _ZarrLeaf:
     def __init__(self, array_dir: Path):
         import tensorstore as ts
 
-        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir)}}
+        from trainer.model_checkpoint import is_gcs
+
+        # tensorstore reads gs:// itself (its GCS driver); a local array through the file driver.
+        kvstore = (
+            os.fspath(array_dir) + "/" if is_gcs(array_dir) else {"driver": "file", "path": str(array_dir)}
+        )
+        spec = {"driver": "zarr3", "kvstore": kvstore}
         self._store = ts.open(spec, open=True).result()
 
     def __getitem__(self, index) -> np.ndarray:

@@ -101,8 +101,10 @@ PROCESSOR_TEMPLATE_FILES = ("processor_config.json", "chat_template.json", "chat
 
 
 def has_tokenizer(directory: str | Path) -> bool:
-    """Whether ``directory`` holds the files of an HF tokenizer (either form of `TOKENIZER_FILE_SETS`)."""
-    path = Path(directory)
+    """Whether ``directory`` (local or ``gs://``) holds the files of an HF tokenizer (`TOKENIZER_FILE_SETS`)."""
+    from etils import epath
+
+    path = epath.Path(directory)
     return any(all((path / f).is_file() for f in files) for files in TOKENIZER_FILE_SETS)
 
 
