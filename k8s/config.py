@@ -50,6 +50,19 @@ WRITE_MOUNT_OPTIONS = [
 ]
 
 
+_QUANTITY_SCALE = {
+    "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def quantity_value(quantity: str) -> float:
+    """The number a Kubernetes quantity (as QUANTITY accepts it) stands for, e.g. ``64Gi`` -> 68719476736."""
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$", str(quantity))
+    if not match or match.group(2) not in _QUANTITY_SCALE:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
+    return float(match.group(1)) * _QUANTITY_SCALE[match.group(2)]
+
+
 def _check_quantities(resources: dict[str, str]) -> dict[str, str]:
     for key, value in resources.items():
         if not QUANTITY.match(str(value)):

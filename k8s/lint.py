@@ -3,9 +3,11 @@
 Three layers (gke-tpu.md §3):
   * core kinds: `kubernetes-validate` with its strict schemas (unknown fields are errors);
   * CRD kinds (JobSet, LeaderWorkerSet, GMP and prometheus-operator objects): `jsonschema` against the CRD
-    files in ../shared/schemas, made strict as the API server's field validation is
+    files vendored in k8s/schemas (k8s/schemas/README.md: versions and licences), made strict as the API server's field validation is
     (`additionalProperties: false` wherever `properties` exist without `x-kubernetes-preserve-unknown-fields`);
     a kind with no schema at all is a failure, never a warning;
+  * admission: what the JobSet/LWS webhooks and the API server's Job, pod and name validation enforce beyond
+    the schemas, each rule with its source (k8s/admission.py);
   * semantics: TPU chips and hosts match the topology, completions == parallelism == hosts, ports unique and
     clear of the TPU runtime's, names within 63 characters (JobSet pod names included), labels present,
     safe security contexts.
@@ -27,12 +29,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-from k8s import tpu_types
-from k8s.config import REPO_ROOT
+from k8s import admission, tpu_types
+from k8s.config import PACKAGE_DIR
 
 # The Kubernetes minor version whose strict schemas core kinds are checked against (GKE regular channel).
 KUBERNETES_VERSION = "1.33"
-SCHEMAS_DIR = REPO_ROOT.parent / "shared" / "schemas"
+# The upstream CRD and skaffold schemas ship inside the package (k8s/schemas/README.md).
+SCHEMAS_DIR = PACKAGE_DIR / "schemas"
 REQUIRED_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -74,16 +77,16 @@ SKAFFOLD_API_VERSION = "skaffold/v4beta14"
 
 
 class SchemasMissing(FileNotFoundError):
-    """The shared schema files are not where the checkout expects them."""
+    """The schema folder lacks the files the checks need (a broken install, or a wrong --schemas)."""
 
 
 def schemas_dir(path: Path | None = None) -> Path:
-    """The schema folder (default: ../shared/schemas beside the repository), or a clear error."""
+    """The schema folder (default: the copy vendored in k8s/schemas), or a clear error."""
     folder = path or SCHEMAS_DIR
     if not (folder / CRD_FILES[("jobset.x-k8s.io/v1alpha2", "JobSet")][0]).is_file():
         raise SchemasMissing(
-            f"CRD schemas not found under {folder}: the checks need the shared schemas folder beside the "
-            "repository (../shared/schemas relative to the repo root, as CI lays it out)"
+            f"CRD schemas not found under {folder}: expected the layout of k8s/schemas "
+            "(see k8s/schemas/README.md)"
         )
     return folder
 
@@ -257,9 +260,9 @@ def _jobset_problems(obj: dict[str, Any]) -> list[str]:
     name = obj["metadata"]["name"]
     spec = obj.get("spec", {})
     rules = spec.get("failurePolicy", {}).get("rules", [])
-    names = [rule.get("name") for rule in rules]
-    if any(not n for n in names) or len(set(names)) != len(names):
-        problems.append(f"JobSet/{name}: failurePolicy rules need unique names")
+    if any(not rule.get("name") for rule in rules):
+        # The CRD requires a name; the webhook would default one, but an offline check cannot see it.
+        problems.append(f"JobSet/{name}: every failurePolicy rule needs a name")
     for i, rjob in enumerate(spec.get("replicatedJobs", [])):
         where = f"JobSet/{name} replicatedJobs[{i}]"
         job = rjob["template"]["spec"]
@@ -318,7 +321,15 @@ def _monitoring_problems(obj: dict[str, Any]) -> list[str]:
 
 
 def semantic_problems(objects: Iterable[dict[str, Any]]) -> list[str]:
-    """Problems a schema cannot see; each message names the object and the field."""
+    """Problems a schema cannot see: sawt's own rules, then the cluster's admission rules (k8s/admission.py).
+
+    Each message names the object and the field.
+    """
+    objects = list(objects)
+    return _house_problems(objects) + admission.admission_problems(objects)
+
+
+def _house_problems(objects: list[dict[str, Any]]) -> list[str]:
     problems: list[str] = []
     seen: set[tuple[str, str, str]] = set()
     for obj in objects:

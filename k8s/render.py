@@ -295,7 +295,8 @@ def _jobset_context(values: Values, component: str, jobset: str, mounts: _Mounts
         "slice": tpu_slice,
         "slices": slices,
         "pod": _tpu_pod(values, component, tpu_slice, mounts, env_list, resources),
-        "restartable_exit_codes": [values.train.restart_exit_code, *SIGNAL_EXIT_CODES],
+        # Job validation wants onExitCodes values unique and ascending (k8s/admission.py job.pod_failure_policy).
+        "restartable_exit_codes": sorted({values.train.restart_exit_code, *SIGNAL_EXIT_CODES}),
         # Only the trainer serves /metrics.
         "ports": [{"name": "metrics", "containerPort": values.metrics.port, "protocol": "TCP"}]
         if component == "train"

@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the manifests as multi-document YAML (or write one file per object)",
         description="Render WORKLOAD. The objects are checked (TPU shape, names, ports, labels, security) "
         "before anything is printed; --validate also checks them against the strict Kubernetes and CRD "
-        "schemas (needs ../shared/schemas).",
+        "schemas (vendored in k8s/schemas) and the admission rules of the JobSet, Job and LeaderWorkerSet "
+        "controllers (k8s/admission.py).",
     )
     _add_values_args(render)
     render.add_argument(

@@ -1,4 +1,4 @@
-"""Shared fixtures of the deploy tests: the schema folder beside the checkout, and values loading."""
+"""Shared fixtures of the deploy tests: the vendored schema folder (k8s/schemas), and values loading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from k8s import lint
 
 @pytest.fixture(scope="session")
 def schemas():
-    """../shared/schemas relative to the repo root (CI places it beside the clone); a clear failure if absent."""
+    """k8s/schemas, the copy that ships with sawt (never a folder outside the project)."""
     try:
         return lint.schemas_dir()
     except lint.SchemasMissing as err:

@@ -79,8 +79,8 @@ def test_train_jobset_has_the_v4_32_shape():
     policy = jobset["spec"]["failurePolicy"]
     assert policy["maxRestarts"] == 10
     assert [(r["name"], r["action"], r["onJobFailureReasons"]) for r in policy["rules"]] == [
-        ("fail-on-application-error", "FailJobSet", ["PodFailurePolicy"]),
-        ("restart-on-preemption-or-sigterm", "RestartJobSet", ["BackoffLimitExceeded"]),
+        ("fail_on_application_error", "FailJobSet", ["PodFailurePolicy"]),
+        ("restart_on_preemption_or_sigterm", "RestartJobSet", ["BackoffLimitExceeded"]),
     ]
     (rjob,) = jobset["spec"]["replicatedJobs"]
     assert rjob["replicas"] == 1
