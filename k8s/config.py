@@ -106,9 +106,12 @@ class TpuValues(Frozen):
 
 class Images(Frozen):
     trainer: str = Field(
-        "sawt-trainer", description="Trainer image (skaffold replaces it with the built tag)."
+        "sawt-trainer",
+        description="Trainer image, with its registry (REGION-docker.pkg.dev/PROJECT/REPO/sawt-trainer:TAG). "
+        "A bare name is pulled from Docker Hub, so `sawt deploy apply` and `--validate` refuse it unless told "
+        "--allow-unqualified-images; skaffold renders bare artifact names and rewrites them itself.",
     )
-    server: str = Field("sawt-server", description="Server image (skaffold replaces it with the built tag).")
+    server: str = Field("sawt-server", description="Server image, with its registry (see images.trainer).")
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="imagePullPolicy of every container."
     )
@@ -131,17 +134,16 @@ class Priority(Frozen):
 
 
 class Security(Frozen):
-    privileged: bool = Field(
-        False,
-        description="Run TPU containers privileged. Only GKE < 1.28 needs it for TPU access; it also "
-        "removes the capability drop and allowPrivilegeEscalation: false.",
-    )
-    tpu_run_as_non_root: bool = Field(
-        True,
-        description="Enforce runAsNonRoot, run_as_user and fs_group on TPU pods too (the sawt images run as "
-        "uid 1000; GKE 1.28+ gives unprivileged containers the TPU devices). Turn off only for an image that "
-        "must run as root, e.g. where libtpu cannot open /dev/accel* or /dev/vfio as a non-root user. CPU-only "
-        "pods always run as non-root.",
+    tpu_profile: Literal["root", "privileged", "non-root"] = Field(
+        "root",
+        description="Security context of TPU containers. root (default): run as uid 0 with no further "
+        "restrictions, as every TPU manifest of GKE's samples does (their images run as root; sawt's images "
+        "default to uid 1000, so the pod says runAsUser: 0). privileged: xpk's choice (privileged: true, so "
+        "root), needed on GKE older than 1.28. non-root: the restricted profile of the CPU pods (uid "
+        "run_as_user, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp); UNVERIFIED "
+        "on TPU devices: no Google reference runs libtpu as non-root, and whether /dev/accel* or /dev/vfio "
+        "open for that user depends on the node's container runtime (check jax.device_count() on a slice "
+        "first). CPU-only pods always run non-root.",
     )
     run_as_user: int = Field(1000, ge=1, description="UID of non-root containers (the images' sawt user).")
     run_as_group: int = Field(1000, ge=1, description="GID of non-root containers.")
@@ -188,10 +190,11 @@ class Checkpoints(Frozen):
             raise ValueError(f"{value!r} must start with gs://")
         return value.rstrip("/")
 
-    def run_dir(self, run_name: str) -> str:
+    def checkpoint_dir(self, run_name: str) -> str:
+        """The run's ``checkpoint.dir``: gs://... in gcs mode, on the checkpoints mount in fuse mode."""
         if self.mode == "gcs":
-            return f"{self.gcs_path}/{run_name}"
-        return f"{self.bucket.mount_path.rstrip('/')}/{run_name}"
+            return f"{self.gcs_path}/{run_name}/checkpoints"
+        return f"{self.bucket.mount_path.rstrip('/')}/{run_name}/checkpoints"
 
 
 class Storage(Frozen):
@@ -204,6 +207,12 @@ class Storage(Frozen):
         default_factory=lambda: FuseBucket(bucket="sawt-models", mount_path="/models"),
         description="Model checkpoints (converted weights, exported runs): read-only for serve and "
         "batch-infer, read-write for ckpt-convert.",
+    )
+    runs: FuseBucket = Field(
+        default_factory=lambda: FuseBucket(bucket="sawt-runs", mount_path="/runs"),
+        description="Run directories (config, logs, metrics, summary, the run's tokenizer and companion files; "
+        "checkpoints live at storage.checkpoints): read-write for train, read-only for batch-infer and serve, "
+        "which find the run's checkpoints through it.",
     )
     outputs: FuseBucket = Field(
         default_factory=lambda: FuseBucket(bucket="sawt-outputs", mount_path="/outputs"),
@@ -287,7 +296,20 @@ class Train(Frozen):
         description="The experiment config (as `sawt train --config` reads it), shipped as a ConfigMap.",
     )
     overrides: list[str] = Field(
-        default_factory=list, description="Dotted key=value overrides after the config."
+        default_factory=list,
+        description="Dotted key=value overrides after the config and the pipeline's own (load_from, data.dir, "
+        "tokenizer.dir, checkpoint.dir), so they can change those too.",
+    )
+    load_from: str | None = Field(
+        "converted",
+        description="What the run starts from when it has no checkpoint of its own: 'converted' (the model "
+        "ckpt-convert writes, storage.models/<ckpt_convert.dst>, whose tokenizer it also uses), a path in the "
+        "container, or null to leave load_from and tokenizer.dir to the config.",
+    )
+    data: str | None = Field(
+        "converted",
+        description="data.dir of the run: 'converted' (storage.data/<data_convert.dst>, what data-convert "
+        "writes), a directory under storage.data, or null to leave it to the config.",
     )
     resources: Resources = Field(default_factory=Resources, description="Per-pod resources besides TPUs.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets).")
@@ -324,7 +346,19 @@ def _tensor_parallel_field(command: str, tpu_key: str) -> Any:
 
 class BatchInfer(Frozen):
     name: str = Field("batch-infer", description="JobSet name.")
-    checkpoint: str = Field("qwen3-asr", description="Model directory under storage.models.mount_path.")
+    run: str | None = Field(
+        None,
+        description="Fine-tuned run to transcribe with: a run directory under storage.runs (default: "
+        "train.run_name); its best checkpoint by validation WER, else its latest (or `step`).",
+    )
+    step: int | None = Field(
+        None, ge=0, description="Pin a checkpoint step of the run (default: best/latest)."
+    )
+    model: str | None = Field(
+        None,
+        description="Instead of a run: a model directory under storage.models (e.g. ckpt_convert.dst for the "
+        "base model's baseline).",
+    )
     data: str = Field("test", description="Data directory under storage.data.mount_path.")
     out: str = Field("batch-infer", description="Output directory under storage.outputs.mount_path.")
     args: list[str] = Field(default_factory=list, description="Extra `sawt batch-infer` arguments.")
@@ -380,7 +414,24 @@ class Serve(Frozen):
         default_factory=lambda: TpuValues(type="v4", topology="2x2x1"),
         description="Server slice. Single-host: a Deployment; multi-host: a LeaderWorkerSet of `hosts` pods.",
     )
-    checkpoint: str = Field("qwen3-asr", description="Model directory under storage.models.mount_path.")
+    pool: Literal["dedicated", "training"] = Field(
+        "dedicated",
+        description="dedicated: the slice of serve.tpu (default a single-host v4 2x2x1 pool: a Deployment). "
+        "training: the training slice (tpu.type/topology), for a cluster whose only TPU pool is the v4-32: a "
+        "LeaderWorkerSet over its hosts, which cannot run while the train JobSet holds the pool.",
+    )
+    run: str | None = Field(
+        None,
+        description="Fine-tuned run to serve: a run directory under storage.runs (default: train.run_name); "
+        "its best checkpoint by validation WER, else its latest (or `step`).",
+    )
+    step: int | None = Field(
+        None, ge=0, description="Pin a checkpoint step of the run (default: best/latest)."
+    )
+    model: str | None = Field(
+        None,
+        description="Instead of a run: a model directory under storage.models (e.g. the converted base).",
+    )
     port: int = Field(
         8000, ge=1024, le=65535, description="HTTP port (OpenAI API, /health, /ready, /metrics)."
     )
@@ -400,6 +451,10 @@ class Serve(Frozen):
     _env = field_validator("env")(_check_env)
 
     _port = field_validator("port")(_check_port)
+
+    def slice_of(self, training: TpuValues) -> tpu_types.TpuSlice:
+        """The server's slice: serve.tpu, or the training slice with pool: training."""
+        return training.slice if self.pool == "training" else self.tpu.slice
 
 
 class Alerts(Frozen):

@@ -220,10 +220,19 @@ def _pod_problems(where: str, template: dict[str, Any]) -> tuple[list[str], tpu_
             if (tpu_slice or spec.get("hostNetwork")) and number in tpu_types.TPU_RESERVED_PORTS:
                 problems.append(f"{where}: container {cname} port {number} is a TPU runtime port")
         sec = container.get("securityContext", {})
-        if not sec.get("privileged") and sec.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"{where}: container {cname} must set allowPrivilegeEscalation: false")
-        if not sec.get("privileged") and "ALL" not in sec.get("capabilities", {}).get("drop", []):
-            problems.append(f"{where}: container {cname} must drop ALL capabilities")
+        if tpu_slice is None:
+            # CPU pods keep the restricted profile; TPU pods follow Google's references (k8s/config.py Security).
+            if sec.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: container {cname} must set allowPrivilegeEscalation: false")
+            if "ALL" not in sec.get("capabilities", {}).get("drop", []):
+                problems.append(f"{where}: container {cname} must drop ALL capabilities")
+        elif sec.get("privileged"):
+            user = sec.get("runAsUser", spec.get("securityContext", {}).get("runAsUser"))
+            if user != 0:
+                problems.append(
+                    f"{where}: container {cname} is privileged but runs as uid {user}: privileged implies root "
+                    "(runAsUser: 0), as in xpk"
+                )
         tpu_request = container.get("resources", {}).get("requests", {}).get(tpu_types.TPU_RESOURCE)
         tpu_limit = container.get("resources", {}).get("limits", {}).get(tpu_types.TPU_RESOURCE)
         if tpu_slice is not None:
@@ -377,6 +386,34 @@ def _house_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def has_registry(image: str) -> bool:
+    """Whether an image reference names its registry, by the rule of Docker's reference parser: the part
+    before the first '/' is a registry when it has a '.' or ':' or is 'localhost'; otherwise the image comes
+    from Docker Hub (docker.io/library/...)."""
+    first, sep, _ = image.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
+def image_problems(objects: Iterable[dict[str, Any]]) -> list[str]:
+    """Containers whose image has no registry (so a GKE node would pull it from Docker Hub)."""
+    problems = []
+    for obj in objects:
+        for where, template in pod_templates(obj):
+            for container in [
+                *template.get("spec", {}).get("initContainers", []),
+                *template.get("spec", {}).get("containers", []),
+            ]:
+                image = str(container.get("image", ""))
+                if not has_registry(image):
+                    problems.append(
+                        f"{_name(obj)} {where}: container {container.get('name')} image {image!r} has no registry "
+                        "and would be pulled from Docker Hub; set images.trainer/images.server to "
+                        "REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG (skaffold --default-repo does it for its "
+                        "renders), or pass --allow-unqualified-images"
+                    )
+    return problems
+
+
 def lint(objects: Iterable[dict[str, Any]], schemas: Path | None = None) -> list[str]:
     """Every problem of ``objects``: strict schemas first, then the semantic rules."""
     objects = list(objects)
@@ -420,8 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check rendered manifests offline (strict schemas + rules).")
     parser.add_argument("files", nargs="+", type=Path, help="YAML files ('-' for stdin)")
     parser.add_argument("--schemas", type=Path, default=None, help=f"schemas folder (default {SCHEMAS_DIR})")
+    parser.add_argument(
+        "--allow-unqualified-images", action="store_true", help="accept images without a registry"
+    )
     args = parser.parse_args(argv)
-    problems = lint(load_objects(args.files), args.schemas)
+    objects = load_objects(args.files)
+    problems = lint(objects, args.schemas)
+    if not args.allow_unqualified_images:
+        problems += image_problems(objects)
     for problem in problems:
         print(problem)
     return 1 if problems else 0

@@ -202,20 +202,22 @@ class _Mounts:
 
 
 def _security(values: Values, tpu: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod securityContext, container securityContext) for a TPU or a CPU pod."""
+    """(pod securityContext, container securityContext) for a TPU or a CPU pod (see Security.tpu_profile).
+
+    TPU pods follow Google's references: GKE's TPU samples run their (root) images with no security context,
+    xpk runs TPU containers privileged. sawt's images default to uid 1000, so root is said explicitly.
+    """
     sec = values.security
-    pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
-    if not tpu or sec.tpu_run_as_non_root:
-        pod.update(
-            {
-                "runAsNonRoot": True,
-                "runAsUser": sec.run_as_user,
-                "runAsGroup": sec.run_as_group,
-                "fsGroup": sec.fs_group,
-            }
-        )
-    if tpu and sec.privileged:
-        return pod, {"privileged": True}
+    if tpu and sec.tpu_profile in ("root", "privileged"):
+        pod = {"runAsUser": 0, "runAsGroup": 0}
+        return pod, ({"privileged": True} if sec.tpu_profile == "privileged" else {})
+    pod = {
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsNonRoot": True,
+        "runAsUser": sec.run_as_user,
+        "runAsGroup": sec.run_as_group,
+        "fsGroup": sec.fs_group,
+    }
     return pod, {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
@@ -308,6 +310,53 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
+def _root(bucket: FuseBucket) -> str:
+    return bucket.mount_path.rstrip("/")
+
+
+def run_dir(values: Values, run_name: str | None = None) -> str:
+    """A run directory on the runs mount (default: the train run's)."""
+    return f"{_root(values.storage.runs)}/{run_name or values.train.run_name}"
+
+
+def converted_model_dir(values: Values) -> str:
+    """Where ckpt-convert writes the converted base model (what train's load_from reads)."""
+    return f"{_root(values.storage.models)}/{values.ckpt_convert.dst}"
+
+
+def _pipeline_overrides(values: Values) -> list[str]:
+    """The train command's wiring into the pipeline: where it starts from, what it reads, where it saves."""
+    train, storage = values.train, values.storage
+    wiring = []
+    if train.load_from == "converted":
+        # The converted base carries its tokenizer (hf-to-orbax copies the release's files beside it).
+        wiring += [f"load_from={converted_model_dir(values)}", f"tokenizer.dir={converted_model_dir(values)}"]
+    elif train.load_from:
+        wiring.append(f"load_from={train.load_from}")
+    if train.data == "converted":
+        wiring.append(f"data.dir={_root(storage.data)}/{values.data_convert.dst}")
+    elif train.data:
+        wiring.append(f"data.dir={_root(storage.data)}/{train.data}")
+    # Checkpoints at gs:// (or the checkpoints mount); the run dir's config.yaml records it, which is how
+    # batch-infer and serve find them from the run directory.
+    wiring.append(f"checkpoint.dir={storage.checkpoints.checkpoint_dir(train.run_name)}")
+    return wiring
+
+
+def _served_checkpoint(values: Values, run: str | None, step: int | None, model: str | None, mounts) -> str:
+    """The --checkpoint of batch-infer or serve, mounting what it needs (read-only)."""
+    storage = values.storage
+    if model:
+        mounts.bucket("models", storage.models, read_only=True)
+        return f"{_root(storage.models)}/{model}"
+    mounts.bucket("runs", storage.runs, read_only=True)
+    if storage.checkpoints.mode == "fuse":
+        mounts.bucket("checkpoints", storage.checkpoints.bucket, read_only=True)
+    path = run_dir(values, run)
+    # A pinned step: resolve_checkpoint maps RUN/checkpoints/STEP to the run's recorded checkpoint.dir.
+    return f"{path}/checkpoints/{step}" if step is not None else path
+
+
 def _train_context(values: Values) -> dict[str, Any]:
     train = values.train
     jobset = f"{values.name}-{train.run_name}"
@@ -315,6 +364,7 @@ def _train_context(values: Values) -> dict[str, Any]:
     mounts.config_map("config", f"{jobset}-config")
     mounts.bucket("data", values.storage.data, read_only=True)
     mounts.bucket("models", values.storage.models, read_only=True)
+    mounts.bucket("runs", values.storage.runs, read_only=False)
     if values.storage.checkpoints.mode == "fuse":
         mounts.bucket("checkpoints", values.storage.checkpoints.bucket, read_only=False)
     mounts.shm()
@@ -323,8 +373,10 @@ def _train_context(values: Values) -> dict[str, Any]:
         "train",
         "--config",
         f"{CONFIG_MOUNT}/config.yaml",
+        # Logs, metrics, summary and the run's companion files on a mounted path; checkpoints at checkpoint.dir.
         "--run-dir",
-        values.storage.checkpoints.run_dir(train.run_name),
+        run_dir(values),
+        *_pipeline_overrides(values),
         *train.overrides,
         # Last, so that the scrape port and the container port cannot disagree.
         f"metrics.port={values.metrics.port}",
@@ -359,14 +411,14 @@ def _batch_infer_context(values: Values) -> dict[str, Any]:
     storage = values.storage
     mounts = _Mounts(values, values.network.host_network)
     mounts.bucket("data", storage.data, read_only=True)
-    mounts.bucket("models", storage.models, read_only=True)
+    checkpoint = _served_checkpoint(values, job.run, job.step, job.model, mounts)
     mounts.bucket("outputs", storage.outputs, read_only=False)
     mounts.shm()
     command = [
         "sawt",
         "batch-infer",
         "--checkpoint",
-        f"{storage.models.mount_path.rstrip('/')}/{job.checkpoint}",
+        checkpoint,
         "--data",
         f"{storage.data.mount_path.rstrip('/')}/{job.data}",
         "--out",
@@ -428,16 +480,16 @@ def _convert_context(values: Values, workload: str) -> dict[str, Any]:
 
 def _serve_context(values: Values) -> dict[str, Any]:
     serve = values.serve
-    tpu_slice = serve.tpu.slice
+    tpu_slice = serve.slice_of(values.tpu)
     name = f"{values.name}-{serve.name}"
     mounts = _Mounts(values)
-    mounts.bucket("models", values.storage.models, read_only=True)
+    checkpoint = _served_checkpoint(values, serve.run, serve.step, serve.model, mounts)
     mounts.shm()
     command = [
         "sawt",
         "serve",
         "--checkpoint",
-        f"{values.storage.models.mount_path.rstrip('/')}/{serve.checkpoint}",
+        checkpoint,
         "--host",
         "0.0.0.0",
         "--port",

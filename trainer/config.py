@@ -156,6 +156,13 @@ class DistributedConfig(Frozen):
     initialization_timeout_seconds: int = Field(
         300, ge=1, description="How long to wait for all processes to join."
     )
+    coordinator_port: int = Field(
+        8482,
+        ge=1,
+        le=65535,
+        description="Port of the jax.distributed coordinator on a GKE TPU slice (worker 0); 8482 as JAX's own "
+        "GKE detection uses.",
+    )
 
 
 class WatchdogConfig(Frozen):

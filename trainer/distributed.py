@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from core.errors import ConfigError
-from trainer import optim
+from trainer import optim, tpu_env
 from trainer.config import ExperimentConfig, MeshConfig
 from trainer.model.sharding import MESH_AXES
 
@@ -30,7 +30,7 @@ BATCH_AXES = ("data", "fsdp", "expert")
 
 
 def init_distributed(cfg: ExperimentConfig) -> None:
-    """Joins the other processes: local launcher env (trainer/launch.py) or, on GKE, auto-detection."""
+    """Joins the other processes: local launcher env (trainer/launch.py) or, on GKE, the TPU webhook's env."""
     kwargs = dict(
         heartbeat_timeout_seconds=cfg.distributed.heartbeat_timeout_seconds,
         initialization_timeout=cfg.distributed.initialization_timeout_seconds,
@@ -42,8 +42,13 @@ def init_distributed(cfg: ExperimentConfig) -> None:
             process_id=int(os.environ["SAWT_PROCESS_ID"]),
             **kwargs,
         )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
-        jax.distributed.initialize(**kwargs)  # GKE JobSet: coordinator and ids come from the TPU env
+    elif tpu_env.multi_host_tpu_env(os.environ):
+        # GKE JobSet: coordinator and ids from the TPU webhook's environment, as JAX's detection reads it.
+        args = tpu_env.distributed_args(os.environ, cfg.distributed.coordinator_port)
+        tpu_env.wait_for_name(args.coordinator_address, cfg.distributed.initialization_timeout_seconds)
+        jax.distributed.initialize(
+            args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id, **kwargs
+        )
 
 
 def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, ...]:

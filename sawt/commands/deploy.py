@@ -35,6 +35,15 @@ def _add_values_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_image_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-unqualified-images",
+        action="store_true",
+        help="accept images without a registry (a bare name like sawt-trainer is pulled from Docker Hub); "
+        "for a cluster with a pull-through mirror or pre-loaded images",
+    )
+
+
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
@@ -71,13 +80,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     render.add_argument(
         "-o", "--out", metavar="DIR", default=None, help="write one YAML file per object into DIR"
     )
-    render.add_argument("--validate", action="store_true", help="also validate against strict schemas")
+    render.add_argument(
+        "--validate",
+        action="store_true",
+        help="also validate against the strict schemas and require images with a registry",
+    )
+    _add_image_arg(render)
     render.set_defaults(func=_render)
 
     apply = actions.add_parser("apply", help="server-side apply the workload's objects")
     _add_values_args(apply)
     _add_cluster_args(apply)
     apply.add_argument("--dry-run", action="store_true", help="print what would be applied; contact nothing")
+    _add_image_arg(apply)
     apply.set_defaults(func=_apply)
 
     status = actions.add_parser(
@@ -104,8 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     delete.set_defaults(func=_delete)
 
 
-def _objects(args: argparse.Namespace, schemas: bool = False) -> list[dict]:
-    """Loads values, renders the workload and refuses objects that fail the lint."""
+def _objects(args: argparse.Namespace, schemas: bool = False, images: bool = False) -> list[dict]:
+    """Loads values, renders the workload and refuses objects that fail the lint.
+
+    ``schemas`` adds the strict schemas, ``images`` the registry check (unless --allow-unqualified-images).
+    """
     from core.errors import UsageError
     from k8s import lint, render
     from k8s.config import load_values
@@ -116,6 +134,8 @@ def _objects(args: argparse.Namespace, schemas: bool = False) -> list[dict]:
     except render.RenderError as err:
         raise UsageError(str(err)) from None
     problems = lint.lint(objects) if schemas else lint.semantic_problems(objects)
+    if images and not getattr(args, "allow_unqualified_images", False):
+        problems += lint.image_problems(objects)
     if problems:
         raise UsageError(f"the rendered {args.workload} manifests have problems:\n  " + "\n  ".join(problems))
     return objects
@@ -126,7 +146,7 @@ def _render(args: argparse.Namespace) -> int:
 
     from k8s import render
 
-    objects = _objects(args, schemas=args.validate)
+    objects = _objects(args, schemas=args.validate, images=args.validate)
     if args.out:
         for path in render.write_objects(objects, Path(args.out)):
             print(path, file=sys.stderr)
@@ -159,7 +179,7 @@ def _guarded(fn):
 def _apply(args: argparse.Namespace) -> int:
     from k8s import client
 
-    objects = _objects(args)
+    objects = _objects(args, images=True)
     if args.dry_run:
         for obj in objects:
             print(f"would apply {client.describe(obj)} (server-side, field manager {client.FIELD_MANAGER})")

@@ -107,13 +107,21 @@ def test_train_jobset_has_the_v4_32_shape():
     assert container["resources"]["limits"]["google.com/tpu"] == "4"
     assert "command" not in container  # the image's tini entrypoint stays PID 1
     assert container["args"][:4] == ["sawt", "train", "--config", "/etc/sawt/config.yaml"]
-    assert container["args"][4:6] == ["--run-dir", "gs://my-sawt-checkpoints/runs/qwen3-asr"]
+    # The run dir is a mounted path (`sawt train` refuses gs:// there); checkpoints go to checkpoint.dir.
+    assert container["args"][4:6] == ["--run-dir", "/runs/qwen3-asr"]
+    assert container["args"][6:-1] == [
+        "load_from=/models/qwen3-omni-30b-a3b",
+        "tokenizer.dir=/models/qwen3-omni-30b-a3b",
+        "data.dir=/data/arrayrecord",
+        "checkpoint.dir=gs://my-sawt-checkpoints/runs/qwen3-asr/checkpoints",
+    ]
+    runs = next(m for m in container["volumeMounts"] if m["name"] == "runs")
+    assert runs == {"name": "runs", "mountPath": "/runs", "readOnly": False}
     assert container["args"][-1] == "metrics.port=9400"
     assert container["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
-    assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    # TPU pods run as root as GKE's TPU samples do (the image's own user is 1000).
+    assert "securityContext" not in container
+    assert spec["securityContext"] == {"runAsUser": 0, "runAsGroup": 0}
     assert pod["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
     assert pod["metadata"]["annotations"]["gke-gcsfuse/memory-limit"] == "0"
     data = next(v for v in spec["volumes"] if v["name"] == "data")
@@ -180,28 +188,67 @@ def test_multislice_sets_replicas_and_megascale_env():
     assert env["MEGASCALE_COORDINATOR_ADDRESS"]["value"] == "sawt-qwen3-asr-ms-slice-0-0.sawt-qwen3-asr-ms"
     assert "job-index" in env["MEGASCALE_SLICE_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"] == {"runAsUser": 0, "runAsGroup": 0}  # privileged implies root
+    assert pod["containers"][0]["securityContext"] == {"privileged": True}
     checkpoints = next(v for v in pod["volumes"] if v["name"] == "checkpoints")
     assert (
         "readOnly" not in checkpoints["csi"]
         and checkpoints["csi"]["volumeAttributes"]["hostNetworkPodKSA"] == "true"
     )
-    assert "/checkpoints/qwen3-asr-ms" in pod["containers"][0]["args"]
+    assert "checkpoint.dir=/checkpoints/qwen3-asr-ms/checkpoints" in pod["containers"][0]["args"]
+    assert (
+        "--run-dir" in pod["containers"][0]["args"] and "/runs/qwen3-asr-ms" in pod["containers"][0]["args"]
+    )
 
 
-def test_privileged_is_an_explicit_toggle(schemas):
-    default = _by_kind(render.render_objects(load_values(), "serve"), "Deployment")[0]
-    assert "privileged" not in default["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-    assert default["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    as_root = _by_kind(
-        render.render_objects(load_values(None, ["security.tpu_run_as_non_root=false"]), "serve"),
-        "Deployment",
-    )[0]
-    assert "runAsNonRoot" not in as_root["spec"]["template"]["spec"]["securityContext"]
-    objects = render.render_objects(load_values(None, ["security.privileged=true"]), "serve")
-    container = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert container["securityContext"] == {"privileged": True}
+def test_tpu_security_profiles_follow_googles_references(schemas):
+    """root by default (GKE's TPU samples), privileged as xpk (implies root), non-root an explicit opt-in;
+    CPU pods keep the restricted profile whatever the TPU profile."""
+    spec = _by_kind(render.render_objects(load_values(), "serve"), "Deployment")[0]["spec"]["template"][
+        "spec"
+    ]
+    assert spec["securityContext"] == {"runAsUser": 0, "runAsGroup": 0}
+    assert "securityContext" not in spec["containers"][0]
+    objects = render.render_objects(load_values(None, ["security.tpu_profile=privileged"]), "serve")
+    spec = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["securityContext"] == {"privileged": True}
+    assert spec["securityContext"]["runAsUser"] == 0
     assert lint.lint(objects, schemas) == []
+    objects = render.render_objects(load_values(None, ["security.tpu_profile=non-root"]), "serve")
+    spec = _by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
+    assert spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert lint.lint(objects, schemas) == []
+    for profile in ("root", "privileged", "non-root"):
+        job = _by_kind(
+            render.render_objects(load_values(None, [f"security.tpu_profile={profile}"]), "ckpt-convert"),
+            "Job",
+        )[0]
+        assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # A privileged container that is not root is refused (xpk runs them as root; the devices need it).
+    bad = _by_kind(
+        render.render_objects(load_values(None, ["security.tpu_profile=privileged"]), "serve"), "Deployment"
+    )
+    bad[0]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 1000
+    assert any("privileged implies root" in p for p in lint.semantic_problems(bad))
+
+
+def test_images_need_a_registry_unless_told_otherwise(capsys):
+    from sawt.cli import main
+
+    objects = render.render_objects(load_values(None, ["images.trainer=sawt-trainer"]), "train")
+    (problem,) = lint.image_problems(objects)
+    assert "'sawt-trainer' has no registry" in problem and "Docker Hub" in problem
+    assert lint.image_problems(render.render_objects(load_values(), "train")) == []
+    assert lint.has_registry("localhost:5000/x") and lint.has_registry("us-docker.pkg.dev/p/r/x:1")
+    assert not lint.has_registry("library/ubuntu") and not lint.has_registry("sawt-server:1.0")
+    assert main(["deploy", "apply", "train", "--dry-run", "--set", "images.trainer=sawt-trainer"]) == 2
+    assert "has no registry" in capsys.readouterr().err
+    argv = ["deploy", "apply", "train", "--dry-run", "--set", "images.trainer=sawt-trainer"]
+    assert main([*argv, "--allow-unqualified-images"]) == 0
+    # Plain render (what skaffold runs, rewriting the bare artifact names) does not refuse them.
+    assert main(["deploy", "render", "train", "--set", "images.trainer=sawt-trainer"]) == 0
+    assert main(["deploy", "render", "train", "--validate", "--set", "images.trainer=sawt-trainer"]) == 2
 
 
 def test_cpu_jobs_are_indexed_and_non_root():
@@ -240,7 +287,7 @@ def test_cpu_jobs_are_indexed_and_non_root():
         "--hf",
         "/models/hf/Qwen3-Omni-30B-A3B-Instruct",
         "--out",
-        "/models/qwen3-asr",
+        "/models/qwen3-omni-30b-a3b",
     ]
     with pytest.raises(ConfigError, match=r"ckpt_convert\.shards"):
         load_values(None, ["ckpt_convert.shards=2"])
@@ -344,10 +391,10 @@ def _jobset(objects):
         ),
         (lambda o: o["metadata"]["labels"].pop("app.kubernetes.io/component"), "missing labels"),
         (
-            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
-                "securityContext"
-            ].pop("allowPrivilegeEscalation"),
-            "allowPrivilegeEscalation",
+            lambda o: o["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][
+                0
+            ].update(securityContext={"privileged": True, "runAsUser": 1000}),
+            "privileged implies root",
         ),
     ],
 )
@@ -476,3 +523,41 @@ def test_tensor_parallel_default_and_override():
         )
     with pytest.raises(ConfigError, match=r"serve\.tensor_parallel"):
         load_values(None, ["serve.tensor_parallel=0"])
+
+
+def test_one_values_file_is_one_pipeline():
+    """ckpt-convert writes what train loads; train's run dir is on the runs mount and its checkpoints at
+    checkpoint.dir; batch-infer and serve read that run (best/latest, or a pinned step, or a model dir)."""
+    values = load_values()
+
+    def args(workload, kind, *overrides):
+        objects = render.render_objects(load_values(None, list(overrides)), workload)
+        (obj,) = _by_kind(objects, kind)
+        return next(c for _, t in lint.pod_templates(obj) for c in t["spec"]["containers"])["args"]
+
+    convert = args("ckpt-convert", "Job")
+    out = convert[convert.index("--out") + 1]
+    train = args("train", "JobSet")
+    assert f"load_from={out}" in train and f"tokenizer.dir={out}" in train
+    data = args("data-convert", "Job")
+    assert f"data.dir={data[data.index('--dst') + 1]}" in train
+    run = train[train.index("--run-dir") + 1]
+    assert run == f"/runs/{values.train.run_name}"
+    assert args("batch-infer", "JobSet")[2:4] == ["--checkpoint", run]
+    assert args("serve", "Deployment")[2:4] == ["--checkpoint", run]
+    assert args("serve", "Deployment", "serve.step=1200")[3] == f"{run}/checkpoints/1200"
+    assert args("batch-infer", "JobSet", "batch_infer.model=qwen3-omni-30b-a3b")[3] == out
+    # The user's overrides come after the pipeline's, so they win.
+    assert (
+        args("train", "JobSet", "train.overrides=[load_from=/models/other]")[-2] == "load_from=/models/other"
+    )
+    assert "load_from" not in " ".join(args("train", "JobSet", "train.load_from=null"))
+
+
+def test_serve_on_the_training_pool_is_a_leaderworkerset():
+    objects = render.render_objects(load_values(None, ["serve.pool=training"]), "serve")
+    (lws,) = _by_kind(objects, "LeaderWorkerSet")
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 4
+    spec = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+    assert spec["nodeSelector"]["cloud.google.com/gke-tpu-topology"] == "2x2x4"
+    assert lint.semantic_problems(objects) == []

@@ -36,8 +36,15 @@ def test_builds_both_images_that_the_manifests_use():
     assert artifacts["sawt-trainer"]["docker"]["dockerfile"] == "images/trainer.Dockerfile"
     assert artifacts["sawt-server"]["docker"]["dockerfile"] == "images/server.Dockerfile"
     assert {a["context"] for a in artifacts.values()} == {"."}
+    # The hooks render with the artifact names (skaffold rewrites them to the pushed tags); the values
+    # files themselves name images with a registry.
+    config = _config()
+    for manifests in [config["manifests"], *(p["manifests"] for p in config["profiles"])]:
+        script = manifests["hooks"]["before"][0]["host"]["command"][-1]
+        images = {"images.trainer=sawt-trainer", "images.server=sawt-server"}
+        assert images <= {part for part in script.split() if part.startswith("images.")}
     values = load_values()
-    assert {values.images.trainer, values.images.server} == set(artifacts)
+    assert values.images.trainer.endswith("/sawt-trainer:0.1.0") and "/" in values.images.server
 
 
 def test_renders_with_sawt_deploy_in_a_before_hook():
