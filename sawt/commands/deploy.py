@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  sawt deploy render train | kubectl apply --server-side -f -\n"
         "  sawt deploy render train --set tpu.type=v5p --set tpu.topology=2x4x4 -o build/k8s\n"
         "  sawt deploy apply serve -f k8s/values/dev.yaml --dry-run\n"
+        "  sawt deploy doctor -f k8s/values/v4-32.yaml\n"
         "  sawt deploy status train\n"
         "  sawt deploy logs train --tail 50",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -108,6 +109,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     logs.add_argument("--tail", type=int, default=100, help="lines per pod (default 100; -1 for all)")
     logs.add_argument("--pod", default=None, help="only this pod (default: every pod of the workload)")
     logs.set_defaults(func=_logs)
+
+    doctor = actions.add_parser(
+        "doctor",
+        help="check that the cluster has what the manifests assume (CRDs, identity, CSI driver, TPU nodes)",
+        description="Preflight through the Kubernetes API (read-only): the JobSet CRD and controller (and "
+        "LeaderWorkerSet when the server is multi-host), the monitoring CRDs, the namespace, the service "
+        "account and its Workload Identity annotation, the PriorityClass, the GCS FUSE CSI driver, TPU nodes "
+        "with the accelerator/topology labels and google.com/tpu allocatable for every slice, and the images' "
+        "registry. Each check prints what it found and, when it fails, how to fix it; exit 1 if any fails.",
+    )
+    doctor.add_argument("-f", "--values", metavar="FILE", default=None, help="values YAML (default: v4-32)")
+    doctor.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a value"
+    )
+    _add_cluster_args(doctor)
+    doctor.set_defaults(func=_doctor)
 
     delete = actions.add_parser("delete", help="delete the workload's objects (and their Jobs and pods)")
     _add_values_args(delete)
@@ -246,3 +263,13 @@ def _delete(args: argparse.Namespace) -> int:
         deleted = _guarded(lambda obj=obj: cluster.delete(obj))
         print(f"{client.describe(obj)} {'deleted' if deleted else 'not found'}")
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from k8s import doctor
+    from k8s.config import load_values
+
+    values = load_values(args.values, args.overrides)
+    cluster = _cluster(args)
+    checks = _guarded(lambda: doctor.run_checks(cluster.api_client, values))
+    return doctor.report(checks)

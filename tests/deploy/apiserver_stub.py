@@ -34,11 +34,17 @@ PLURALS = {
     "podmonitors",
     "servicemonitors",
     "prometheusrules",
+    "nodes",
+    "namespaces",
+    "customresourcedefinitions",
+    "csidrivers",
 }
 DEFAULT_GROUPS = {
     "jobset.x-k8s.io/v1alpha2": ["jobsets"],
     "leaderworkerset.x-k8s.io/v1": ["leaderworkersets"],
     "monitoring.googleapis.com/v1": ["podmonitorings", "rules", "clusterpodmonitorings"],
+    "apiextensions.k8s.io/v1": ["customresourcedefinitions"],
+    "storage.k8s.io/v1": ["csidrivers"],
 }
 
 
