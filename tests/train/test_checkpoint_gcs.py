@@ -157,7 +157,7 @@ def _upload(gcs, local: Path, prefix: str) -> str:
 
 
 def test_export_and_load_read_a_gcs_checkpoint(gcs, tiny_checkpoint, tmp_path):
-    from tools.convert_hf import orbax_to_hf
+    from tools.hf.convert import orbax_to_hf
 
     uri = _upload(gcs, tiny_checkpoint, "models/tiny")
     config_gs, params_gs = load_model_checkpoint(uri)
