@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng prometheus
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench bench-demo bench-longform images-smoke
+.PHONY: setup system-deps demo test test-slow lint format lock clean goldens bench bench-demo bench-longform images-smoke pipeline-local
 
 setup: system-deps $(VENV)/.installed
 
@@ -57,6 +57,12 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The rendered workloads' pods run as local processes in pipeline order (data-convert -> ckpt-convert -> train on
+# 4 "hosts" -> batch-infer -> serve), gs:// on the GCS emulator; prints what each workload did (tens of minutes on
+# 2 cores). tests/e2e/test_pipeline_local.py says what stands in for the cluster.
+pipeline-local: setup
+	$(PY) -m pytest tests/e2e/test_pipeline_local.py -m "" -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # Re-pin every transitive dependency from the current venv.
 lock:

@@ -43,7 +43,13 @@ def build_engine(checkpoint: str | Path, config: ServerConfig, *, max_seq_len: i
     model_dir = _resolve(checkpoint)
     model_config = load_model_config(model_dir)
     prompt = checkpoint_prompt(model_dir, model_config, given=checkpoint)
-    log.info("serving %s with instruction %r (%s)", model_dir, prompt.style.instruction, prompt.source)
+    log.info(
+        "serving %s (resolved from %s) with instruction %r (%s)",
+        model_dir,
+        checkpoint,
+        prompt.style.instruction,
+        prompt.source,
+    )
     text_side = TextSide.from_tokenizer(
         prompt.tokenizer,
         tuple(model_config.tokens.eos_token_ids),
