@@ -72,6 +72,9 @@ def _values(coordinator_port: int, *extra: str):
         + "]",
         "data_convert.args=[--workers, '1']",
         "batch_infer.args=[--max-batch, '2']",
+        # The tiny release has 2 attention heads: one chip per server process, not the host's 4.
+        "batch_infer.tensor_parallel=1",
+        "serve.tensor_parallel=1",
         "serve.args=[--max-batch, '2', --window-s, '4', --overlap-s, '1']",
         *extra,
     ]

@@ -455,6 +455,8 @@ class LocalNode:
             "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
             "HOME": str(home),
             "LANG": "C.UTF-8",
+            # The image's installed packages are this checkout (a test run may point PYTHONPATH at it).
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             # The node: no TPU here, so a host's chips are fake CPU devices (CPU pools get a few).
             "JAX_PLATFORMS": "cpu",
             "TPU_SKIP_MDS_QUERY": "1",
