@@ -25,7 +25,13 @@ from test_checkpoint_resume import _env, finish, last_step, sawt_train, summary,
 
 from trainer.checkpoint import Checkpointer
 from trainer.config import CheckpointConfig
-from trainer.model_checkpoint import load_model_checkpoint, read_params, resolve_checkpoint
+from trainer.model_checkpoint import (
+    RUN_MODEL_DIR,
+    companion_dir,
+    load_model_checkpoint,
+    read_params,
+    resolve_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +180,8 @@ def test_export_and_load_read_a_gcs_checkpoint(gcs, tiny_checkpoint, tmp_path):
 
 def test_serve_reads_a_run_whose_checkpoints_are_on_gcs(gcs, tiny_checkpoint, tmp_path):
     """`sawt serve --checkpoint RUN_DIR`, RUN_DIR local (a mounted path on GKE) and its steps on gs://:
-    the server loads the best step from GCS and answers the official `openai` client."""
+    the server loads the step from GCS, the tokenizer from ``RUN_DIR/model/`` (which the step's own
+    ``gs://.../runs/RUN/`` lacks), and answers the official `openai` client."""
     import subprocess
     import sys
     import time
@@ -183,16 +190,24 @@ def test_serve_reads_a_run_whose_checkpoints_are_on_gcs(gcs, tiny_checkpoint, tm
     import openai
     from helpers.serving import free_port, wav_bytes
 
-    step_uri = _upload(gcs, tiny_checkpoint, "served/checkpoints/7")
+    step = tmp_path / "step"  # a trainer step holds the params and model_config.json, no tokenizer
+    shutil.copytree(tiny_checkpoint / "params", step / "params")
+    shutil.copy2(tiny_checkpoint / "model_config.json", step / "model_config.json")
+    step_uri = _upload(gcs, step, "served/checkpoints/7")
     (tmp_path / "commit_success.txt").write_text("committed")  # what Orbax writes last on gs://
     _upload(gcs, tmp_path / "commit_success.txt", "served/checkpoints/7/commit_success.txt")
     run = tmp_path / "run"
-    run.mkdir()
+    (run / RUN_MODEL_DIR).mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"checkpoint": {"dir": gcs.uri("served/checkpoints")}}))
-    for f in tiny_checkpoint.iterdir():  # the run's tokenizer and companion files
+    for f in tiny_checkpoint.iterdir():  # the run's tokenizer and companion files, where sawt train puts them
         if f.is_file() and f.name != "model_config.json":
-            shutil.copy2(f, run / f.name)
+            shutil.copy2(f, run / RUN_MODEL_DIR / f.name)
     assert str(resolve_checkpoint(run)) == step_uri
+    pinned = run / "checkpoints" / "7"  # a pinned step of the run: virtual, its steps are on gs://
+    assert str(resolve_checkpoint(pinned)) == step_uri
+    for given in (run, pinned):
+        assert companion_dir(given, resolve_checkpoint(given)) == run / RUN_MODEL_DIR
+    assert companion_dir(step_uri) is None  # nothing beside the step on GCS: the given path is needed
 
     port = free_port()
     env = {**_env(**gcs.env)}
