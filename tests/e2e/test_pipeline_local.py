@@ -312,7 +312,9 @@ def test_rendered_pods_run_as_one_pipeline(tmp_path):
 
         # The crash: an application error fails the JobSet instead of restarting it.
         crash_values = _values(free_port(), "train.run_name=crash", "train.data=missing")
-        crash = _one(render.render_objects(crash_values, "train"), "JobSet")
+        crash_objects = render.render_objects(crash_values, "train")
+        node.add_objects(crash_objects)  # its own ConfigMap (the train config), as kubectl apply would add it
+        crash = _one(crash_objects, "JobSet")
         done = node.run_job(expand(crash, "train"), timeout=900)
         exits = [r.exit for r in done]
         state, reason = job_outcome(crash["spec"]["replicatedJobs"][0]["template"]["spec"], exits, "trainer")
