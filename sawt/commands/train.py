@@ -75,13 +75,16 @@ def _run(args: argparse.Namespace) -> int:
             child_argv += ["--plugin", args.plugin]
         return launch_local(args.local_processes, child_argv, args.cpu_devices or 1)
 
-    devices = args.cpu_devices or 8  # a local launcher's child gets its share as --cpu-devices
+    # A local launcher's child gets its share as --cpu-devices; without the flag, a device count already set
+    # through XLA_FLAGS (a stand-in TPU host, tests/helpers/standin_cluster.py) is kept, else 8.
+    xla_count = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    devices = args.cpu_devices or (None if xla_count else 8)
     if not _has_accelerator():
         # No TPU here: keep jax from probing libtpu, and give the CPU the fake devices asked for.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    if devices and os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_num_cpu_devices", devices)
 
     from trainer.backend import load_backend

@@ -460,7 +460,6 @@ class LocalNode:
             # The node: no TPU here, so a host's chips are fake CPU devices (CPU pools get a few).
             "JAX_PLATFORMS": "cpu",
             "TPU_SKIP_MDS_QUERY": "1",
-            "SAWT_CPU_DEVICES": str(pod.tpu_chips or self.cpu_pool_devices),
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={pod.tpu_chips or self.cpu_pool_devices}",
             **self.gcs_env,
             **{k: local(v) for k, v in env.items()},
