@@ -68,7 +68,17 @@ def test_process_slices_are_disjoint_and_cover_the_global_batch(processes):
     plan = batching.epoch_plan(index, FRAMES, 4 * processes, seed=0, epoch=0, shuffle=True, **PLAN_ARGS)
     for p in plan:
         slices = [batching.process_rows(p.rows, i, processes) for i in range(processes)]
+        assert [len(s) for s in slices] == [4] * processes
         np.testing.assert_array_equal(np.concatenate(slices), p.rows)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_packed_rows_split_by_row_not_by_clip_slot(processes):
+    """A packed global batch [R, C] splits along R: each process gets R / processes whole rows."""
+    rows = np.arange(4 * processes * 3).reshape(4 * processes, 3)
+    slices = [batching.process_rows(rows, i, processes) for i in range(processes)]
+    assert [s.shape for s in slices] == [(4, 3)] * processes
+    np.testing.assert_array_equal(np.concatenate(slices), rows)
 
 
 def test_source_weights_set_the_epoch_mixture():

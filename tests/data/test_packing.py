@@ -210,6 +210,9 @@ def test_one_and_two_processes_plan_the_same_rows(corpus, tokenizer):
     two = [make_loader(_config(corpus), tokenizer, "train", i, 2, 0, 2, num_epochs=1) for i in range(2)]
     steps = 0
     for whole, *halves in zip(one, *two, strict=True):
+        # Each process holds its own half (a packed batch split by clip slots once gave one process all).
+        assert [h["input_ids"].shape[0] for h in halves] == [2, 2]
+        assert [h["audio_frames"].shape for h in halves] == [(2, whole["audio_frames"].shape[1])] * 2
         for key in whole:
             if key != "meta":
                 np.testing.assert_array_equal(whole[key], np.concatenate([h[key] for h in halves]), key)

@@ -270,8 +270,12 @@ def plan_fill(
 
 def process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
     """This process's contiguous slice of a global batch's rows (the order make_array_from_process_local_data
-    expects when the batch axis is sharded over processes in process order)."""
-    if rows.size % process_count:
-        raise ValueError(f"a global batch of {rows.size} rows does not split over {process_count} processes")
-    per = rows.size // process_count
+    expects when the batch axis is sharded over processes in process order).
+
+    ``rows`` is [global batch] or, packed, [global batch, clips]: the split is along the first axis only.
+    """
+    n = rows.shape[0]  # not rows.size: that counts a packed batch's clip slots (issue 13's 2-process hang)
+    if n % process_count:
+        raise ValueError(f"a global batch of {n} rows does not split over {process_count} processes")
+    per = n // process_count
     return rows[process_index * per : (process_index + 1) * per]
