@@ -67,6 +67,7 @@ pipeline-local: setup
 # Re-pin every transitive dependency from the current venv.
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' | sort > requirements/lock.txt
+	$(PY) -m tools.dev.lock
 
 # Build images/*.Dockerfile with podman from a locally made stand-in base, then smoke-run both images
 # (docs/images.md). Needs root on Debian; SAWT_SKIP_IMAGES=1 skips it, loudly.

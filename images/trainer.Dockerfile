@@ -6,11 +6,13 @@
 #   docker run --rm sawt-trainer:dev sawt train --help
 # See docs/images.md.
 #
-# The `deps` stage is word for word the same in images/server.Dockerfile, so a builder that caches layers
-# installs the pinned dependencies once for both images. tests/images/test_dockerfiles.py keeps them equal.
+# The `base` and `wheel` stages are word for word the same in images/server.Dockerfile, so a builder that
+# caches layers builds them once for both images (tests/images/test_dockerfiles.py keeps them equal); the
+# `deps` stage installs only what this image runs: requirements/trainer.txt, the closure of sawt[train,serve,tpu]
+# in the lock (docs/images.md).
 
-# ---- deps: interpreter, tini, non-root user and every pinned dependency (changes rarely) ----------------
-FROM python:3.12-slim-bookworm AS deps
+# ---- base: interpreter, tini, non-root user and an empty virtual environment -------------------------------
+FROM python:3.12-slim-bookworm AS base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -26,17 +28,16 @@ RUN apt-get update \
 RUN groupadd --gid 1000 sawt \
     && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin sawt
 RUN python -m venv /opt/venv
-# The lock pins every transitive dependency, libtpu included (jax[tpu]): one image for TPU and CPU.
-COPY requirements/lock.txt /opt/sawt/lock.txt
-RUN pip install -r /opt/sawt/lock.txt
 
 # ---- wheel: our own code, built into a wheel with a C compiler that the final image does not carry --------
-FROM deps AS wheel
+FROM base AS wheel
 # gcc + libc6-dev compile trainer/data/_example_fast.c, the C Example decoder (hatch_build.py); Python.h
 # comes with the base image. This stage is the same in both Dockerfiles, so a layer cache builds it once.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
+COPY requirements/build.txt /opt/sawt/build.txt
+RUN pip install --no-deps -r /opt/sawt/build.txt && pip check
 WORKDIR /opt/sawt/src
 COPY pyproject.toml README.md hatch_build.py ./
 COPY core/ core/
@@ -46,9 +47,16 @@ COPY trainer/ trainer/
 COPY inference_server/ inference_server/
 COPY tools/ tools/
 COPY bench/ bench/
-# The dependencies are all in place already; hatchling comes from the lock, so nothing is downloaded here.
+# hatchling (requirements/build.txt) is the only build dependency, so nothing else is downloaded here.
 # SAWT_REQUIRE_FAST_CODEC=1: a missing compiler fails the build instead of making a pure-Python wheel.
 RUN SAWT_REQUIRE_FAST_CODEC=1 pip wheel --no-deps --no-build-isolation --wheel-dir /opt/sawt/wheels .
+
+# ---- deps: this image's pinned dependencies (changes rarely) ---------------------------------------------
+FROM base AS deps
+# Exactly the closure of sawt[train,serve,tpu], libtpu included (jax[tpu]): one image for TPU and CPU. --no-deps
+# and `pip check`: a requirement missing from the file fails the build instead of being fetched unpinned.
+COPY requirements/trainer.txt /opt/sawt/requirements.txt
+RUN pip install --no-deps -r /opt/sawt/requirements.txt && pip check
 
 # ---- trainer: the demo speech synthesiser and our own code (changes often) --------------------------------
 FROM deps AS trainer

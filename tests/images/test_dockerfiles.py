@@ -166,39 +166,49 @@ def test_oci_labels_present(name):
     assert f'org.opencontainers.image.title="sawt-{name}"' in labels
 
 
+REQUIREMENTS = {"trainer": "requirements/trainer.txt", "server": "requirements/server.txt"}
+
+
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_dependencies_layer_comes_before_the_source_layer(name):
-    items = [(kw, args) for _, kw, args in parsed(name)]
-    lock_copy = next(
-        i for i, (kw, args) in enumerate(items) if kw == "COPY" and "requirements/lock.txt" in args
+    items = [(stage, kw, args) for stage, kw, args in parsed(name)]
+    final = items[-1][0]
+    chain = {"deps", final}  # the final stage is built FROM deps
+    assert any(kw == "FROM" and stage == final and re.match(r"deps\b", args) for stage, kw, args in items)
+    req_copy = next(
+        i for i, (stage, kw, args) in enumerate(items) if kw == "COPY" and REQUIREMENTS[name] in args
     )
-    lock_install = next(
+    req_install = next(
         i
-        for i, (kw, args) in enumerate(items)
-        if kw == "RUN" and re.search(r"pip install -r \S*lock\.txt", args)
+        for i, (stage, kw, args) in enumerate(items)
+        if kw == "RUN" and re.search(r"pip install --no-deps -r \S*requirements\.txt && pip check", args)
     )
+    assert items[req_copy][0] == items[req_install][0] == "deps"
     source_copies = [
         i
-        for i, (kw, args) in enumerate(items)
+        for i, (stage, kw, args) in enumerate(items)
         if kw == "COPY" and set(copy_sources(args)) & set(wheel_packages())
     ]
     source_install = [
-        i for i, (kw, args) in enumerate(items) if kw == "RUN" and "pip install --no-deps" in args
+        i
+        for i, (stage, kw, args) in enumerate(items)
+        if kw == "RUN" and "pip install --no-deps" in args and stage in chain and "requirements" not in args
     ]
     assert source_copies and source_install
-    assert lock_copy < lock_install < min(source_copies) < source_install[0]
+    # The wheel is built in its own stage; the image installs it after its dependencies.
+    assert req_copy < req_install < source_install[0]
+    assert all(items[i][0] == "wheel" for i in source_copies)
     # Every package of the wheel is copied, so the installed sawt is complete.
-    copied = {source for i in source_copies for source in copy_sources(items[i][1])}
+    copied = {source for i in source_copies for source in copy_sources(items[i][2])}
     for package in wheel_packages():
         assert package in copied, f"{name}: package {package} (pyproject wheel packages) is not copied"
 
 
-def test_deps_stage_is_identical_in_both_images():
-    """Word-for-word equal, so a layer-caching builder installs the dependencies once for both images."""
-    stages = {
-        name: [(kw, args) for stage, kw, args in parsed(name) if stage == "deps"] for name in DOCKERFILES
-    }
-    assert stages["trainer"], "no stage named deps"
+@pytest.mark.parametrize("stage", ["base", "wheel"])
+def test_shared_stages_are_identical_in_both_images(stage):
+    """Word-for-word equal, so a layer-caching builder builds them once for both images."""
+    stages = {name: [(kw, args) for s, kw, args in parsed(name) if s == stage] for name in DOCKERFILES}
+    assert stages["trainer"], f"no stage named {stage}"
     assert stages["trainer"] == stages["server"]
 
 
