@@ -151,7 +151,8 @@ def test_batch_infer_reads_the_run_alone(journey, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["samples"] == len(shard_records(find_shards(journey.data, "test"), 0, 1)) > 0
     # The run's best (here: only) step, prompted with the run's instruction and the run's transcript rate.
-    assert f"{journey.run / 'checkpoints' / '2'} with instruction {INSTRUCTION!r}" in proc.stderr
+    step = journey.run / "checkpoints" / "2"
+    assert f"serving {step} (resolved from {journey.run}) with instruction {INSTRUCTION!r}" in proc.stderr
     assert f"tokens/s of audio ({journey.run / 'model' / 'transcripts.json'} (" in proc.stderr
 
 
