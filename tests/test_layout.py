@@ -4,7 +4,7 @@
   (a literal name, an f-string's package prefix, or a module name in a table beside an importlib call).
 - `core` imports nothing of ours; nothing imports the CLI (`sawt`) but the CLI; `k8s` imports only `core`;
   shipped code never imports the dev-only tooling (`tools/dev`).
-- `sawt deploy` runs with jax, transformers and matplotlib unimportable.
+- `sawt deploy` (render, doctor, --help) runs with jax, transformers and matplotlib unimportable.
 - The wheel ships no dev-only tooling.
 """
 
@@ -18,6 +18,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.deploy import apiserver_stub
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "sawt", "k8s", "trainer", "inference_server", "tools", "bench")
@@ -275,6 +277,20 @@ def test_deploy_render_runs_without_heavy_packages(tmp_path, target):
     assert sorted(p.suffix for p in tmp_path.iterdir()) and all(
         p.suffix == ".yaml" for p in tmp_path.iterdir()
     )
+
+
+def test_deploy_doctor_runs_without_heavy_packages(tmp_path):
+    """Against the API-server stub (a real API server cannot run here; see tests/deploy/apiserver_stub.py)."""
+    state = apiserver_stub.healthy_gke()
+    server = apiserver_stub.start(state)
+    try:
+        kubeconfig = apiserver_stub.write_kubeconfig(tmp_path / "kubeconfig", state.url)
+        result = run_without_heavy("deploy", "doctor", "--kubeconfig", str(kubeconfig))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "11 of 11 checks passed" in result.stdout
 
 
 def test_deploy_help_runs_without_heavy_packages():

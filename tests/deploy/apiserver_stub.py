@@ -232,3 +232,53 @@ def write_kubeconfig(path: Path, url: str, namespace: str = "sawt") -> Path:
     }
     path.write_text(json.dumps(config))
     return path
+
+
+# A healthy GKE cluster, as `sawt deploy doctor` expects it for the default values.
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def crd(name: str, version: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"versions": [{"name": version, "served": True}]}}
+
+
+def tpu_node(name: str, topology: str, chips: str = "4") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "cloud.google.com/gke-tpu-accelerator": "tpu-v4-podslice",
+                "cloud.google.com/gke-tpu-topology": topology,
+            },
+        },
+        "status": {"allocatable": {"google.com/tpu": chips, "cpu": "240"}},
+    }
+
+
+def jobset_controller(image: str, available: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "jobset-controller-manager"},
+        "spec": {"template": {"spec": {"containers": [{"name": "manager", "image": image}]}}},
+        "status": {"availableReplicas": available},
+    }
+
+
+def healthy_gke() -> ApiServerStub:
+    """Everything the default values need: JobSet v0.10.1, GMP, the GCS FUSE driver, a v4-32 pool (4 nodes)
+    and a v4-8 pool (1 node), the namespace."""
+    state = ApiServerStub()
+    state.put(f"{CRDS}/jobsets.jobset.x-k8s.io", crd("jobsets.jobset.x-k8s.io", "v1alpha2"))
+    state.put(
+        f"{CRDS}/podmonitorings.monitoring.googleapis.com",
+        crd("podmonitorings.monitoring.googleapis.com", "v1"),
+    )
+    state.put(
+        "/apis/apps/v1/namespaces/jobset-system/deployments/jobset-controller-manager",
+        jobset_controller("registry.k8s.io/jobset/jobset:v0.10.1"),
+    )
+    state.put("/apis/storage.k8s.io/v1/csidrivers/gcsfuse.csi.storage.gke.io", {"metadata": {"name": "x"}})
+    state.put("/api/v1/namespaces/sawt", {"metadata": {"name": "sawt"}})
+    for i in range(4):
+        state.put(f"/api/v1/nodes/gke-v4-32-{i}", tpu_node(f"gke-v4-32-{i}", "2x2x4"))
+    state.put("/api/v1/nodes/gke-v4-8-0", tpu_node("gke-v4-8-0", "2x2x1"))
+    return state

@@ -11,53 +11,13 @@ import pytest
 from sawt.cli import main
 from tests.deploy import apiserver_stub
 
-CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-
-
-def _crd(name: str, version: str) -> dict:
-    return {"metadata": {"name": name}, "spec": {"versions": [{"name": version, "served": True}]}}
-
-
-def _node(name: str, topology: str, chips: str = "4") -> dict:
-    return {
-        "metadata": {
-            "name": name,
-            "labels": {
-                "cloud.google.com/gke-tpu-accelerator": "tpu-v4-podslice",
-                "cloud.google.com/gke-tpu-topology": topology,
-            },
-        },
-        "status": {"allocatable": {"google.com/tpu": chips, "cpu": "240"}},
-    }
-
-
-def _controller(image: str, available: int = 1) -> dict:
-    return {
-        "metadata": {"name": "jobset-controller-manager"},
-        "spec": {"template": {"spec": {"containers": [{"name": "manager", "image": image}]}}},
-        "status": {"availableReplicas": available},
-    }
+CRDS = apiserver_stub.CRDS
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    """A GKE cluster with everything the default values need: JobSet v0.10.1, GMP, the GCS FUSE driver, a
-    v4-32 pool (4 nodes) and a v4-8 pool (1 node), the namespace."""
-    state = apiserver_stub.ApiServerStub()
-    state.put(f"{CRDS}/jobsets.jobset.x-k8s.io", _crd("jobsets.jobset.x-k8s.io", "v1alpha2"))
-    state.put(
-        f"{CRDS}/podmonitorings.monitoring.googleapis.com",
-        _crd("podmonitorings.monitoring.googleapis.com", "v1"),
-    )
-    state.put(
-        "/apis/apps/v1/namespaces/jobset-system/deployments/jobset-controller-manager",
-        _controller("registry.k8s.io/jobset/jobset:v0.10.1"),
-    )
-    state.put("/apis/storage.k8s.io/v1/csidrivers/gcsfuse.csi.storage.gke.io", {"metadata": {"name": "x"}})
-    state.put("/api/v1/namespaces/sawt", {"metadata": {"name": "sawt"}})
-    for i in range(4):
-        state.put(f"/api/v1/nodes/gke-v4-32-{i}", _node(f"gke-v4-32-{i}", "2x2x4"))
-    state.put("/api/v1/nodes/gke-v4-8-0", _node("gke-v4-8-0", "2x2x1"))
+    """The healthy GKE cluster of apiserver_stub.healthy_gke(), served."""
+    state = apiserver_stub.healthy_gke()
     server = apiserver_stub.start(state)
     state.kubeconfig = str(apiserver_stub.write_kubeconfig(tmp_path / "kubeconfig", state.url))
     yield state
@@ -90,7 +50,7 @@ def test_healthy_cluster_passes_every_check_read_only(cluster, capsys):
         (
             lambda s: s.put(
                 "/apis/apps/v1/namespaces/jobset-system/deployments/jobset-controller-manager",
-                _controller("registry.k8s.io/jobset/jobset:v0.7.0"),
+                apiserver_stub.jobset_controller("registry.k8s.io/jobset/jobset:v0.7.0"),
             ),
             (),
             "older than v0.10.1",
@@ -102,7 +62,7 @@ def test_healthy_cluster_passes_every_check_read_only(cluster, capsys):
         (lambda s: None, ("--set", "service_account.gcp_service_account="), "Workload Identity: service_account.gcp_service_account is empty", "roles/storage.objectUser"),
         (lambda s: s.objects.pop("/apis/storage.k8s.io/v1/csidrivers/gcsfuse.csi.storage.gke.io"), (), "not installed", "GcsFuseCsiDriver=ENABLED"),
         (lambda s: s.objects.pop("/api/v1/nodes/gke-v4-32-3"), (), "3 node(s) labelled", "--tpu-topology 2x2x4 --num-nodes 4"),
-        (lambda s: s.put("/api/v1/nodes/gke-v4-32-1", _node("gke-v4-32-1", "2x2x4", chips="0")), (), "without 4 allocatable chips", "device plugin"),
+        (lambda s: s.put("/api/v1/nodes/gke-v4-32-1", apiserver_stub.tpu_node("gke-v4-32-1", "2x2x4", chips="0")), (), "without 4 allocatable chips", "device plugin"),
         (lambda s: s.objects.pop("/api/v1/nodes/gke-v4-8-0"), (), "TPU nodes for serve", "--tpu-topology 2x2x1"),
         (lambda s: None, ("--set", "images.server=sawt-server"), "images: sawt-server name no registry", "REGION-docker.pkg.dev"),
         (lambda s: None, ("--set", "serve.pool=training"), "CRD leaderworkersets.leaderworkerset.x-k8s.io: not installed", "lws/releases"),
