@@ -46,7 +46,6 @@ COPY k8s/ k8s/
 COPY trainer/ trainer/
 COPY inference_server/ inference_server/
 COPY tools/ tools/
-COPY bench/ bench/
 # hatchling (requirements/build.txt) is the only build dependency, so nothing else is downloaded here.
 # SAWT_REQUIRE_FAST_CODEC=1: a missing compiler fails the build instead of making a pure-Python wheel.
 RUN SAWT_REQUIRE_FAST_CODEC=1 pip wheel --no-deps --no-build-isolation --wheel-dir /opt/sawt/wheels .

@@ -13,8 +13,23 @@ SUITES = {
 }
 
 
+# The benchmarks run from a source checkout: they measure against dev-only peers (tools/dev, the torch
+# reference venv) and are not shipped in the wheel (pyproject.toml), so an installed sawt says so instead.
+NEEDS_CHECKOUT = (
+    "the benchmarks run from a source checkout of sawt (they measure against dev-only peers: tools/dev and "
+    "the torch reference venv), and this installation has no bench/ package (the wheel does not ship it): "
+    "clone the repository, run `make setup`, then `.venv/bin/sawt bench SUITE` there"
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from bench.harness import add_cli_flags
+    try:
+        from bench.harness import add_cli_flags
+    except ModuleNotFoundError as err:
+        if err.name != "bench":
+            raise
+        _register_without_bench(sub)
+        return
 
     parser = sub.add_parser(
         "bench",
@@ -42,6 +57,24 @@ def register(sub: argparse._SubParsersAction) -> None:
             suite.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
             add_cli_flags(suite)
         suite.set_defaults(func=_run)
+
+
+def _register_without_bench(sub: argparse._SubParsersAction) -> None:
+    """An installed sawt: `sawt bench SUITE ...` parses anything and explains where the benchmarks run."""
+    parser = sub.add_parser(
+        "bench",
+        help="run a benchmark suite (from a source checkout only)",
+        description=f"Run a benchmark suite: {NEEDS_CHECKOUT}.",
+    )
+    parser.add_argument("suite", choices=list(SUITES), metavar="SUITE", help=", ".join(SUITES))
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=_needs_checkout)
+
+
+def _needs_checkout(args: argparse.Namespace) -> int:
+    from core.errors import UsageError
+
+    raise UsageError(NEEDS_CHECKOUT)
 
 
 # Exit code of a run refused because the machine was loaded (--refuse-loaded): retry later.
