@@ -83,15 +83,23 @@ def experts_dense(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
     return jnp.einsum("eth,te->th", y, mix_te.astype(y.dtype))
 
 
+def sort_by_expert(ids_tk: jax.Array, num_experts: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The dispatch preamble of the sorted paths: the T*k pairs' expert ids flat (pair j = t*k + c), the
+    order that groups them by expert (stable, so a group keeps token order), and each expert's pair count.
+
+    Returns (flat_ids [T*k], order [T*k], sizes [E] int32).
+    """
+    flat = ids_tk.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    return flat, order, jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+
+
 def experts_ragged(x_th, weights_tk, ids_tk, gate_ehi, up_ehi, down_eih):
     """Sorted dispatch: group the T*k (token, expert) pairs by expert, run grouped matmuls, scatter back."""
     k = ids_tk.shape[1]
-    e = gate_ehi.shape[0]
-    flat_ids = ids_tk.reshape(-1)
-    order = jnp.argsort(flat_ids, stable=True)
+    _, order, group_sizes = sort_by_expert(ids_tk, gate_ehi.shape[0])
     token_of = order // k
     x_sorted = jnp.take(x_th, token_of, axis=0)
-    group_sizes = jnp.bincount(flat_ids, length=e).astype(jnp.int32)
     g = jax.lax.ragged_dot(x_sorted, gate_ehi, group_sizes)
     u = jax.lax.ragged_dot(x_sorted, up_ehi, group_sizes)
     y = jax.lax.ragged_dot(jax.nn.silu(g) * u, down_eih, group_sizes)
@@ -120,10 +128,8 @@ def block_layout(ids_tk: jax.Array, num_experts: int, block: int = BLOCK) -> Blo
     The row count R is a static upper bound (T*k + E*(block-1), rounded up to whole blocks); blocks past
     the last group hold only padding rows.
     """
-    flat = ids_tk.reshape(-1)
+    flat, order, sizes = sort_by_expert(ids_tk, num_experts)
     p, e = flat.shape[0], num_experts
-    order = jnp.argsort(flat, stable=True)
-    sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
     padded = (sizes + block - 1) // block * block
     padded_end = jnp.cumsum(padded)
     start = jnp.cumsum(sizes) - sizes
