@@ -45,6 +45,7 @@ from trainer.data.text import (
     has_tokenizer,
     load_tokenizer,
 )
+from trainer.model.tree import flatten, path_name, unflatten
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -70,28 +71,6 @@ def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     tree: Any = value
     for name in reversed(path):
         tree = {name: tree}
-    return tree
-
-
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """``{path tuple: leaf}`` of a nested dict."""
-    out: dict[tuple[str, ...], Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, (*prefix, key)))
-        else:
-            out[(*prefix, key)] = value
-    return out
-
-
-def unflatten(leaves: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    """Inverse of `flatten`."""
-    tree: dict[str, Any] = {}
-    for path, value in leaves.items():
-        node = tree
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
-        node[path[-1]] = value
     return tree
 
 
@@ -272,7 +251,7 @@ def read_params(
     wanted = list(meta) if paths is None else [tuple(p) for p in paths]
     for path in wanted:
         if path not in meta:
-            raise KeyError(f"{params_dir}: no parameter {'/'.join(path)}")
+            raise KeyError(f"{params_dir}: no parameter {path_name(path)}")
     item, restore_args = {}, {}
     for path in wanted:
         m = meta[path]

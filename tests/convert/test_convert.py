@@ -74,15 +74,16 @@ def test_round_trip_is_bit_exact(tmp_path, dtype, prefix, shard_bytes):
 
 
 def test_canonical_tree_matches_model_and_hf_values(tmp_path):
-    from trainer.model.params import abstract_param_tree, flatten
+    from trainer.model.params import abstract_param_tree
+    from trainer.model.tree import flatten, path_name
 
     hf = write_synthetic_hf(tmp_path / "hf", CFG, prefix="thinker.", dtype="fp32")
     hf_to_orbax(hf, tmp_path / "ckpt", log=_quiet, show_progress=False)
     config, params = load_model_checkpoint(tmp_path / "ckpt")
     assert config.text == CFG.text and config.audio == CFG.audio and config.tokens == CFG.tokens
     assert config.param_dtype == "float32"
-    got = dict(flatten(params))
-    want = dict(flatten(abstract_param_tree(CFG)))
+    got = {path_name(p): leaf for p, leaf in flatten(params).items()}
+    want = {path_name(p): leaf for p, leaf in flatten(abstract_param_tree(CFG)).items()}
     assert {k: tuple(v.shape) for k, v in got.items()} == {k: tuple(v.shape) for k, v in want.items()}
 
     hf_t = _all_tensors(hf)
@@ -221,7 +222,7 @@ def test_load_onto_a_mesh_with_dtype(tmp_path):
         stacked_e = len(spec_by_path[path].stack) == 2
         return NamedSharding(mesh, P(None, "expert") if stacked_e else P())
 
-    from trainer.model_checkpoint import flatten, unflatten
+    from trainer.model.tree import flatten, unflatten
 
     shardings = unflatten({p: sharding_for(p) for p in spec_by_path})
     _, params = load_model_checkpoint(tmp_path / "ckpt", dtype=np.float32, shardings=shardings)

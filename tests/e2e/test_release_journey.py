@@ -100,7 +100,7 @@ def test_the_export_is_a_drop_in_release(journey):
     from tools.hf.convert import THINKER_PREFIX
     from tools.hf.key_map import leaf_specs
     from tools.hf.safetensors_io import INDEX_FILE, open_checkpoint, read_tensor
-    from trainer.model.params import flatten
+    from trainer.model.tree import flatten
     from trainer.model_checkpoint import load_model_checkpoint
 
     got, base = open_checkpoint(journey.exp), open_checkpoint(release_dir())
@@ -114,10 +114,10 @@ def test_the_export_is_a_drop_in_release(journey):
         assert got[key].dtype == base[key].dtype and _raw(got[key]) == _raw(base[key]), key
     # The trained tensors are the run's parameters (fp32) in the release's dtype (bf16).
     config, params = load_model_checkpoint(journey.run)
-    flat = dict(flatten(params))
+    flat = flatten(params)
     changed = 0
     for spec in leaf_specs(config):
-        leaf = np.asarray(flat["/".join(spec.path)])
+        leaf = np.asarray(flat[spec.path])
         for idx, key in spec.hf_keys():
             want = spec.to_hf(leaf[idx]).astype(ml_dtypes.bfloat16)
             have = read_tensor(got[THINKER_PREFIX + key])

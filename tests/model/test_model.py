@@ -29,9 +29,10 @@ from trainer.model.config import ModelConfig
 from trainer.model.generate import greedy_generate
 from trainer.model.geometry import encoder_token_count
 from trainer.model.loss import thinker_loss
-from trainer.model.params import abstract_param_tree, flatten, load_param_tree, param_tree
+from trainer.model.params import abstract_param_tree, load_param_tree, param_tree
 from trainer.model.rope import apply_rope, rope_angles
 from trainer.model.thinker import AudioPlaceholderError, Thinker, check_audio_placeholders
+from trainer.model.tree import flatten, path_name
 
 
 def test_encoder_token_count_formula():
@@ -127,8 +128,8 @@ def test_logical_to_spec_drops_axes_that_do_not_divide():
 
 def test_every_param_has_logical_axes():
     model = Thinker(ModelConfig(), rngs=nnx.Rngs(0))
-    axes = dict(flatten(sharding.param_logical_axes(model), ""))
-    shapes = dict(flatten(param_tree(model)))
+    axes = flatten(sharding.param_logical_axes(model))
+    shapes = flatten(param_tree(model))
     assert set(axes) == set(shapes)
     for path, names in axes.items():
         assert len(names) == shapes[path].ndim, path
@@ -192,11 +193,11 @@ def test_hf_keys_with_or_without_prefix_and_skipped_groups(tmp_path):
     prefixed["code2wav.code_embedding.weight"] = np.zeros((2, 3), np.float32)
     write_safetensors(tmp_path, prefixed, max_shard_bytes=200_000)
     shutil.copy(GOLDENS / "tiny_a" / "config.json", tmp_path / "config.json")
-    want = dict(flatten(golden_tree("tiny_a")))
-    got = dict(flatten(read_hf_params(tmp_path, dtype="fp32")[1]))
+    want = flatten(golden_tree("tiny_a"))
+    got = flatten(read_hf_params(tmp_path, dtype="fp32")[1])
     assert set(got) == set(want)
     for p in want:
-        np.testing.assert_array_equal(got[p], want[p], err_msg=p)
+        np.testing.assert_array_equal(got[p], want[p], err_msg=path_name(p))
 
 
 def test_key_map_slices_invert_exactly():
@@ -204,10 +205,10 @@ def test_key_map_slices_invert_exactly():
     from tools.hf.safetensors_io import open_checkpoint, read_tensor
 
     cfg = golden_config("tiny_b")
-    tree = dict(flatten(golden_tree("tiny_b")))
+    tree = flatten(golden_tree("tiny_b"))
     source = open_checkpoint(GOLDENS / "tiny_b")
     for spec in key_map.leaf_specs(cfg):
-        leaf = tree["/".join(spec.path)]
+        leaf = tree[spec.path]
         for idx, key in spec.hf_keys():
             hf = spec.to_hf(leaf[idx])
             assert hf.shape == spec.hf_shape
@@ -228,7 +229,7 @@ def test_load_param_tree_rejects_mismatch():
 
 def test_30b_preset_matches_canonical_shapes_and_hf_config():
     cfg = load_experiment("qwen3-omni-30b-a3b").model
-    shapes = {p: tuple(v.shape) for p, v in flatten(abstract_param_tree(cfg))}
+    shapes = {path_name(p): tuple(v.shape) for p, v in flatten(abstract_param_tree(cfg)).items()}
     assert shapes["model/layers/self_attn/q_proj/kernel"] == (48, 2048, 32, 128)
     assert shapes["model/layers/self_attn/o_proj/kernel"] == (48, 32, 128, 2048)
     assert shapes["model/layers/mlp/experts/down_proj"] == (48, 128, 768, 2048)
@@ -281,9 +282,9 @@ def test_remat_and_unroll_change_no_value_or_gradient(option):
     base_loss, base_grad = loss_and_grad(golden_model("tiny_b"))
     remat_loss, remat_grad = loss_and_grad(golden_model("tiny_b", **option))
     np.testing.assert_allclose(float(remat_loss), float(base_loss), rtol=1e-6)
-    for (p, g1), (_, g2) in zip(flatten(nnx.to_pure_dict(base_grad)), flatten(nnx.to_pure_dict(remat_grad)),
-                                strict=True):  # fmt: skip
-        np.testing.assert_allclose(g2, g1, atol=1e-5, err_msg=p)
+    for (p, g1), (_, g2) in zip(flatten(nnx.to_pure_dict(base_grad)).items(),
+                                flatten(nnx.to_pure_dict(remat_grad)).items(), strict=True):  # fmt: skip
+        np.testing.assert_allclose(g2, g1, atol=1e-5, err_msg=path_name(p))
     router_grad = nnx.to_pure_dict(base_grad)["model"]["layers"]["mlp"]["gate"]["kernel"]
     assert float(jnp.abs(router_grad).sum()) > 0
 

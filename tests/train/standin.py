@@ -162,7 +162,8 @@ class _EvalData(StandinData):
 
 def load_params(path: str) -> dict[str, Any]:
     """Params of a model checkpoint, run dir or step dir, through trainer.model_checkpoint's resolver."""
-    from trainer.model_checkpoint import PARAMS_DIR, read_params, resolve_checkpoint, unflatten
+    from trainer.model.tree import unflatten
+    from trainer.model_checkpoint import PARAMS_DIR, read_params, resolve_checkpoint
 
     return unflatten(read_params(resolve_checkpoint(path) / PARAMS_DIR))
 

@@ -185,7 +185,7 @@ def read_hf_params(hf_dir: str | Path, dtype: str | None = None, **overrides):
 
     The same plan, checks and slice fillers as `hf_to_orbax`, writing into arrays instead of Orbax.
     """
-    from trainer.model.params import unflatten
+    from trainer.model.tree import unflatten
 
     hf_dir = Path(hf_dir)
     cast = DTYPES[dtype] if dtype else None
@@ -199,7 +199,7 @@ def read_hf_params(hf_dir: str | Path, dtype: str | None = None, **overrides):
             array[index] = block
 
         leaf.fill(put)
-        flat["/".join(leaf.path)] = array
+        flat[leaf.path] = array
     return config, unflatten(flat)
 
 

@@ -205,9 +205,10 @@ def _hf_shape(kind: str, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def leaf_specs(config: ModelConfig) -> list[LeafSpec]:
     """Every leaf of the canonical tree for ``config``, in `key_map` table order."""
-    from trainer.model.params import abstract_param_tree, flatten
+    from trainer.model.params import abstract_param_tree
+    from trainer.model.tree import flatten, path_name
 
-    shapes = {path: tuple(v.shape) for path, v in flatten(abstract_param_tree(config))}
+    shapes = {path_name(path): tuple(v.shape) for path, v in flatten(abstract_param_tree(config)).items()}
     specs = []
     for entry in entries(config):
         stack = tuple(entry._counts(config))

@@ -6,7 +6,7 @@ The tree is a nested dict of arrays whose paths are exactly the Thinker's NNX at
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -14,34 +14,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from trainer.model.config import ModelConfig
+from trainer.model.tree import flatten, path_name, unflatten
 
 
 def param_tree(model: nnx.Module) -> dict:
     """The canonical nested dict of parameter arrays (the arrays themselves, not copies)."""
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yields ('a/b/c', leaf) pairs of a nested dict in sorted order."""
-    for key in sorted(tree):
-        value = tree[key]
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            yield from flatten(value, path)
-        else:
-            yield path, value
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-    """Inverse of `flatten`: {'a/b': x} -> {'a': {'b': x}}."""
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 def abstract_param_tree(config: ModelConfig) -> dict:
@@ -63,21 +41,21 @@ def load_param_tree(model: nnx.Module, tree: Mapping[str, Any]) -> None:
         ValueError: listing missing, unexpected and wrongly shaped paths.
     """
     state = nnx.state(model, nnx.Param)
-    want = dict(flatten(nnx.to_pure_dict(state)))
-    got = dict(flatten(tree))
+    want = flatten(nnx.to_pure_dict(state))
+    got = flatten(tree)
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     shape_errors = [
-        f"{p}: expected {tuple(want[p].shape)}, got {tuple(got[p].shape)}"
+        f"{path_name(p)}: expected {tuple(want[p].shape)}, got {tuple(got[p].shape)}"
         for p in sorted(set(want) & set(got))
         if tuple(want[p].shape) != tuple(got[p].shape)
     ]
     if missing or extra or shape_errors:
         parts = []
         if missing:
-            parts.append(f"missing: {', '.join(missing)}")
+            parts.append(f"missing: {', '.join(map(path_name, missing))}")
         if extra:
-            parts.append(f"unexpected: {', '.join(extra)}")
+            parts.append(f"unexpected: {', '.join(map(path_name, extra))}")
         if shape_errors:
             parts.append("wrong shape: " + "; ".join(shape_errors))
         raise ValueError("parameter tree does not match the model: " + " | ".join(parts))
