@@ -66,3 +66,28 @@ def test_words_that_are_no_override_or_flag_are_still_refused(argv, unknown, cap
         parse_args(build_parser(), argv)
     assert err.value.code == 2
     assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--checkpoint", "unused"],
+        ["distill", "generate-cot", "--teacher-url", "http://127.0.0.1:9/v1", "--model", "m", "--data", "d",
+         "--out", "o"],
+    ],
+    ids=["serve", "distill"],
+)  # fmt: skip
+def test_api_key_env_names_a_variable_that_must_be_set(argv, monkeypatch, capsys):
+    """The server and the distillation client read --api-key-env the same way (sawt.commands.api_key_from_env):
+    a named variable that is unset or empty is a usage error before anything starts."""
+    from sawt.cli import main
+    from sawt.commands import api_key_from_env
+
+    monkeypatch.delenv("SAWT_TEST_UNSET_KEY", raising=False)
+    assert main([*argv, "--api-key-env", "SAWT_TEST_UNSET_KEY"]) == 2
+    assert (
+        "--api-key-env SAWT_TEST_UNSET_KEY: that environment variable is unset or empty"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setenv("SAWT_TEST_UNSET_KEY", "k3y")
+    assert (api_key_from_env("SAWT_TEST_UNSET_KEY"), api_key_from_env(None)) == ("k3y", None)

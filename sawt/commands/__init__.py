@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 # The Namespace attribute that marks a command whose bare ``key=value`` words are config overrides.
 OVERRIDES_ANYWHERE = "_overrides_anywhere"
@@ -15,3 +16,22 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     """
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=help)
     parser.set_defaults(**{OVERRIDES_ANYWHERE: True})
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    """The API key held in environment variable ``variable`` (``--api-key-env``), or None when none is named.
+
+    A secret stays out of the command line and the config files; naming a variable that is unset or empty
+    is an error rather than a silently open (server) or unauthenticated (client) connection.
+
+    Raises:
+        UsageError: the variable is named but unset or empty.
+    """
+    if not variable:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        from core.errors import UsageError
+
+        raise UsageError(f"--api-key-env {variable}: that environment variable is unset or empty")
+    return key

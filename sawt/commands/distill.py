@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sawt.commands import api_key_from_env
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -67,7 +69,6 @@ def _generate(args: argparse.Namespace) -> int:
     import asyncio
     import json
     import logging
-    import os
     from pathlib import Path
 
     from core.errors import UsageError
@@ -76,11 +77,7 @@ def _generate(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is unset or empty")
+    api_key = api_key_from_env(args.api_key_env)
     try:
         template = generate_cot.load_template(args.template)
     except ValueError as err:

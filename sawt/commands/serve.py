@@ -6,7 +6,7 @@ import argparse
 
 from core.flags import add_flags
 from inference_server.config import ServerConfig, load_server_config
-from sawt.commands import add_overrides
+from sawt.commands import add_overrides, api_key_from_env
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,10 +70,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
 def _run(args: argparse.Namespace) -> int:
     import logging
-    import os
     import sys
-
-    from core.errors import UsageError
 
     config = server_config(args)
     logging.basicConfig(
@@ -85,13 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         # The child runs `sawt <the same arguments>` minus --reload, so it is this command line's argv.
         return reload_main(sys.argv[1:])
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore step at INFO
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            raise UsageError(
-                f"--api-key-env {config.api_key_env}: that environment variable is unset or empty"
-            )
+    api_key = api_key_from_env(config.api_key_env)
 
     from inference_server.app import build_app
     from inference_server.main import build_engine, run_server
