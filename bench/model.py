@@ -154,10 +154,12 @@ def our_train_step(model, batch: dict):
     import jax
     from flax import nnx
 
+    from tools.hf.config import ROUTER_AUX_LOSS_COEF
     from trainer.model.loss import thinker_loss
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    aux = model.config.text.router_aux_loss_coef
+    # The HF side's weight (its config.json, written by hf_config_dict) and train.aux_loss_coef's default.
+    aux = ROUTER_AUX_LOSS_COEF
 
     @jax.jit
     def step(params, batch):

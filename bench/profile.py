@@ -185,13 +185,14 @@ def _work(mode: str, overrides: list[str]):
     from trainer.model.thinker import Thinker
 
     scoped_model()
-    cfg = load_experiment("small", overrides).model
+    experiment = load_experiment("small", overrides)
+    cfg = experiment.model
     model = Thinker(cfg, rngs=nnx.Rngs(0))
     if mode == "train":
         from trainer.model.loss import thinker_loss
 
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        aux = cfg.text.router_aux_loss_coef
+        aux = experiment.train.aux_loss_coef
         batch = jax.tree.map(jnp.asarray, asr_batch(cfg, 4, 4.0, 24))
 
         @jax.jit

@@ -427,11 +427,12 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
 
 def load_model_config(directory: str | Path) -> Any:
     """The ModelConfig stored in a checkpoint (resolved like `resolve_checkpoint`)."""
-    from trainer.model.config import ModelConfig
+    from trainer.model.config import ModelConfig, drop_retired
 
     path = resolve_checkpoint(directory) / MODEL_CONFIG_FILE
     try:
-        return ModelConfig.model_validate_json(path.read_text())
+        # A checkpoint written before a knob was retired still loads.
+        return ModelConfig.model_validate(drop_retired(json.loads(path.read_text())))
     except ValueError as err:
         raise ValueError(f"{path}: not a valid model config: {err}") from None
 

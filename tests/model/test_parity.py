@@ -8,6 +8,8 @@ max abs difference on logits of std ~1.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,6 +17,7 @@ from flax import nnx
 from tests.model.helpers import (
     CLIP_ORDER,
     GOLDEN_NAMES,
+    GOLDENS,
     av_batch,
     forward,
     golden_model,
@@ -68,7 +71,9 @@ def test_audio_text_logits_and_loss_match_hf(name):
     out = forward(model, batch)
     mask = batch["token_mask"]
     assert_close(np.asarray(out.logits)[mask], ref["av/logits"][mask], what=f"{name} audio+text logits")
-    loss, metrics = thinker_loss(out, batch, aux_coef=model.config.text.router_aux_loss_coef)
+    # The weight HF's reference loss used: its config's router_aux_loss_coef (ours is train.aux_loss_coef).
+    hf_text = json.loads((GOLDENS / name / "config.json").read_text())["text_config"]
+    loss, metrics = thinker_loss(out, batch, aux_coef=hf_text["router_aux_loss_coef"])
     assert_close(metrics["ce"], ref["av/ce"], 1e-5, "CE")
     assert_close(metrics["aux"], ref["av/aux_loss"], 1e-5, "aux")
     assert_close(loss, ref["av/loss"], 1e-5, "loss")

@@ -18,6 +18,13 @@ from typing import Any
 from core.errors import ConfigError
 from trainer.model.config import AudioConfig, ModelConfig, TextConfig, TokenIds
 
+# Written into a config.json made from scratch (an export with neither --base nor a companion config.json,
+# which are copied as they are), with the release's values: transformers' configs carry them, our model reads
+# none of them (trainer/model/config.py RETIRED_KEYS).
+MAX_POSITION_EMBEDDINGS = 65536  # text_config: the longest position the release advertises
+ROUTER_AUX_LOSS_COEF = 0.001  # text_config: HF's load-balancing weight; ours is train.aux_loss_coef
+MAX_SOURCE_POSITIONS = 1500  # audio_config: rows of HF's sinusoid table; our encoder sizes it per input
+
 # The release's front end (docs/qwen3-omni-thinker.md §6): WhisperFeatureExtractor, 128 mels at 16 kHz.
 PREPROCESSOR_CONFIG = {
     "feature_extractor_type": "WhisperFeatureExtractor",
@@ -74,8 +81,8 @@ def hf_config_dict(config, *, wrapped: bool = True) -> dict:
                 "interleaved": True,
                 "mrope_interleaved": True,
             },
-            "max_position_embeddings": t.max_position_embeddings,
-            "router_aux_loss_coef": t.router_aux_loss_coef,
+            "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
+            "router_aux_loss_coef": ROUTER_AUX_LOSS_COEF,
             "eos_token_id": list(ids.eos_token_ids),
             "pad_token_id": ids.pad_token_id,
             "tie_word_embeddings": False,
@@ -89,7 +96,7 @@ def hf_config_dict(config, *, wrapped: bool = True) -> dict:
             "downsample_hidden_size": a.downsample_hidden_size,
             "n_window": a.n_window,
             "n_window_infer": a.n_window_infer,
-            "max_source_positions": a.max_source_positions,
+            "max_source_positions": MAX_SOURCE_POSITIONS,
             "output_dim": a.output_dim,
             "activation_function": "gelu",
         },
@@ -204,7 +211,6 @@ def model_config_from_hf(
             downsample_hidden_size=need(audio, "downsample_hidden_size", "audio_config"),
             n_window=need(audio, "n_window", "audio_config"),
             n_window_infer=need(audio, "n_window_infer", "audio_config"),
-            max_source_positions=need(audio, "max_source_positions", "audio_config"),
             output_dim=need(audio, "output_dim", "audio_config"),
         ),
         text=TextConfig(
@@ -221,8 +227,6 @@ def model_config_from_hf(
             rms_norm_eps=text.get("rms_norm_eps", 1e-6),
             rope_theta=theta,
             mrope_section=tuple(rope.get("mrope_section", (head_dim // 2, 0, 0))),
-            max_position_embeddings=text.get("max_position_embeddings", 65536),
-            router_aux_loss_coef=text.get("router_aux_loss_coef", 0.001),
         ),
         tokens=tokens,
         **overrides,

@@ -18,6 +18,23 @@ from trainer.model.geometry import tokens_per_chunk
 
 DType = Literal["float32", "bfloat16"]
 
+# Knobs that no code read, removed; a model_config.json written before still loads (`drop_retired`), while a
+# YAML preset or override that sets one fails as an unknown key. HF's names for them live in tools/hf/config.py.
+RETIRED_KEYS = {
+    ("audio", "max_source_positions"): "the encoder builds its sinusoid table for each input's length",
+    ("text", "max_position_embeddings"): "RoPE has no position table",
+    ("text", "router_aux_loss_coef"): "training weighs the load-balancing loss by train.aux_loss_coef",
+}
+
+
+def drop_retired(data: dict) -> dict:
+    """A model config dict (as an older `model_config.json` holds it) without the `RETIRED_KEYS`."""
+    out = dict(data)
+    for (section, key), _why in RETIRED_KEYS.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
 
 class AudioConfig(Frozen):
     """The Whisper-style audio encoder (`audio_tower`)."""
@@ -32,7 +49,6 @@ class AudioConfig(Frozen):
     n_window_infer: int = Field(
         800, description="Attention window in mel frames; must be a multiple of 2*n_window (800 = 8 s)."
     )
-    max_source_positions: int = Field(1500, description="Rows of the sinusoid position table.")
     output_dim: int = Field(64, description="Width of the encoder output (= text hidden_size).")
     layer_norm_eps: float = Field(1e-5, description="Epsilon of the encoder LayerNorms.")
 
@@ -87,8 +103,6 @@ class TextConfig(Frozen):
         (6, 5, 5),
         description="Interleaved MRoPE sections (T, H, W); sums to head_dim/2. Audio+text reduce it to 1-D RoPE.",
     )
-    max_position_embeddings: int = Field(65536, description="Longest position the model was trained for.")
-    router_aux_loss_coef: float = Field(0.001, description="HF's default weight of the load-balancing loss.")
 
     @model_validator(mode="after")
     def _check(self) -> TextConfig:
