@@ -16,8 +16,9 @@ import importlib
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from bench.harness import add_cli_flags, emit
 
 HEADLINE = (
     "example_decode_speedup",
@@ -106,18 +107,12 @@ def main(args: argparse.Namespace) -> int:
     results = run(
         bool(getattr(args, "quick", False)), refuse_loaded=bool(getattr(args, "refuse_loaded", False))
     )
-    print(report(results))
-    if getattr(args, "json", None):
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(Path(args.json), results)
-        print(f"wrote {args.json}")
-    return 0
+    return emit(results, report(results), getattr(args, "json", None))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
-    parser.add_argument("--refuse-loaded", action="store_true")
+    add_cli_flags(parser)
     sys.exit(main(parser.parse_args()))

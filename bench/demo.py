@@ -58,7 +58,7 @@ def targets(figures: dict[str, Any]) -> dict[str, bool]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.harness import bench_run
+    from bench.harness import bench_run, emit
 
     out = Path(getattr(args, "out", None) or "build/demo")
     with bench_run("demo", refuse_loaded=bool(getattr(args, "refuse_loaded", False))) as results:
@@ -66,16 +66,11 @@ def main(args: argparse.Namespace) -> int:
         figures = run_demo(out)
         results.update(figures)
         results.update(targets(figures))
-    print(
+    report = (
         f"demo: training {results['train_seconds'] / 60:.1f} min (target <= {TRAIN_SECONDS_TARGET / 60:g}), "
         f"test WER {100 * results['wer_before']:.1f}% -> {100 * results['wer_after']:.1f}% (target <= "
         f"{100 * WER_TARGET:g}%); CPU user {results['demo_user_cpu_s']:.0f} s, system "
         f"{results['demo_system_cpu_s']:.0f} s; load average {results['load_average_before']:.2f} before, "
         f"{results['load_average_after']:.2f} after: loaded={results['loaded']}"
     )
-    if getattr(args, "json", None):
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(Path(args.json), results)
-        print(f"wrote {args.json}")
-    return 0
+    return emit(results, report, getattr(args, "json", None))

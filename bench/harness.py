@@ -275,6 +275,18 @@ def bench_run(
         log(warning)
 
 
+def emit(results: Mapping[str, Any], report: str, json_path: str | Path | None) -> int:
+    """Every suite's ending: prints its report and, with ``--json FILE``, writes the figures there atomically
+    (a half-written JSON never replaces a good one) and says so. Returns the exit code, 0."""
+    print(report)
+    if json_path:
+        from core.fileio import atomic_write_json
+
+        atomic_write_json(Path(json_path), dict(results))
+        print(f"wrote {json_path}")
+    return 0
+
+
 def add_cli_flags(parser: Any) -> None:
     """The flags every suite shares (``sawt bench SUITE`` and ``python -m bench.SUITE``)."""
     parser.add_argument(

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import emit
+
 REPO = Path(__file__).resolve().parents[1]
 REF_PYTHON = REPO / ".venv-ref" / "bin" / "python"
 HF_REF = REPO / "bench" / "hf_ref.py"
@@ -356,15 +358,12 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sawt-bench-convert-") as tmp:
         results.update(convert_rss(Path(tmp), layers=1 if quick else 4))
 
-    _print(results)
-    if getattr(args, "json", None):
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(args.json, results)
-    return 0
+    return emit(results, report(results), getattr(args, "json", None))
 
 
-def _print(results: dict) -> None:
+def report(results: dict) -> str:
+    """The suite's figures as printed lines."""
+
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -382,21 +381,23 @@ def _print(results: dict) -> None:
             "decode_tokens_per_s_speedup_vs_hf",
         ),
     ]
+    out = []
     for label, ours, hf, ratio in lines:
         line = f"{label}: {fmt(results.get(ours))} / {fmt(results.get(hf))} -> {fmt(results.get(ratio))}x"
         section = results.get(ours.split("_tokens")[0], {})
         if "speedup_vs_hf" in section:
             r = section["speedup_vs_hf"]
             line += f" (rounds {fmt(r['min'])}-{fmt(r['max'])}x)"
-        print(line)
-    print(
+        out.append(line)
+    out.append(
         f"convert: {fmt(results['checkpoint_gb'])} GB checkpoint, peak RSS {fmt(results['peak_rss_gb'])} GB, "
         f"largest stacked tensor {fmt(results['largest_stacked_tensor_gb'])} GB -> peak minus largest "
         f"{fmt(results['convert_peak_rss_minus_largest_tensor_gb'])} GB (target <= 1), "
         f"{fmt(results['convert_gb_per_s'])} GB/s"
     )
-    print(
+    out.append(
         f"load average {fmt(results['load_average_before'])} before, {fmt(results['load_average_after'])} "
         f"after (limit {fmt(results['load_average_limit'])}): loaded={results['loaded']}; "
         f"threads {results['thread_budget']['threads']} on cores {results['thread_budget']['cpus']}"
     )
+    return "\n".join(out)

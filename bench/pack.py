@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.harness import emit
+
 SEED_MEAN_S = 5.46  # 216.12 GiB of float32 16 kHz audio over 663,577 records
 SEED_RANGE_S = (0.5, 30.0)
 SEED_SIGMA = 0.75  # log-space spread of the lognormal (assumed; the seed's own histogram is not here)
@@ -327,13 +329,7 @@ def main(args: argparse.Namespace) -> int:
         refuse_loaded=bool(getattr(args, "refuse_loaded", False)),
         threads=getattr(args, "threads", None),
     )
-    print(report(results))
-    if getattr(args, "json", None):
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(Path(args.json), results)
-        print(f"wrote {args.json}")
-    return 0
+    return emit(results, report(results), getattr(args, "json", None))
 
 
 if __name__ == "__main__":

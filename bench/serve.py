@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.harness import emit
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "sawt-asr"
 # Weight-dominated at decode, like the real thinker (see the module docstring): hidden 1024, 4 layers, a
@@ -409,9 +411,4 @@ def main(args: argparse.Namespace) -> int:
         bool(getattr(args, "quick", False)), refuse_loaded=bool(getattr(args, "refuse_loaded", False))
     )
     headline = {k: v for k, v in results.items() if not isinstance(v, dict | list)}
-    print(json.dumps(headline, indent=2))
-    if getattr(args, "json", None):
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(args.json, results)
-    return 0
+    return emit(results, json.dumps(headline, indent=2), getattr(args, "json", None))
