@@ -126,8 +126,8 @@ def test_loader_is_deterministic(corpus, tokenizer):
         _same(a, b)
 
 
-def test_epochs_are_shuffled_differently(corpus, tokenizer):
-    it = make_loader(_config(corpus), tokenizer, "train", 0, 1, 0, 4, num_epochs=2)
+def _assert_two_epochs_use_every_clip_once_reshuffled(it, corpus):
+    """Runs a two-epoch loader to its end: each epoch holds every train clip once, in a new order."""
     epochs: dict[int, list[str]] = {0: [], 1: []}
     while True:
         epoch = it.epoch
@@ -139,6 +139,11 @@ def test_epochs_are_shuffled_differently(corpus, tokenizer):
     assert sorted(epochs[0]) == sorted(epochs[1])
     assert len(set(epochs[0])) == len(epochs[0]) == len(read_index(corpus.arrayrecord, "train"))
     assert epochs[0] != epochs[1]
+
+
+def test_epochs_are_shuffled_differently(corpus, tokenizer):
+    it = make_loader(_config(corpus), tokenizer, "train", 0, 1, 0, 4, num_epochs=2)
+    _assert_two_epochs_use_every_clip_once_reshuffled(it, corpus)
 
 
 def test_resume_from_saved_state_gives_the_same_next_batches(corpus, tokenizer):

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.data.test_loader import _assert_two_epochs_use_every_clip_once_reshuffled, _same, _take
 from tests.data.test_loader import _config as loader_config
-from tests.data.test_loader import _same, _take
 from trainer.data import batching
 from trainer.data.batching import PAD_ROW, SplitIndex
 from trainer.data.config import DataConfig
@@ -179,17 +179,7 @@ def test_packed_batches_have_static_shapes_and_consistent_clips(corpus, tokenize
 
 def test_packed_epochs_use_every_clip_once_and_reshuffle(corpus, tokenizer):
     it = make_loader(_config(corpus), tokenizer, "train", 0, 1, 0, 2, num_epochs=2)
-    epochs: dict[int, list[str]] = {0: [], 1: []}
-    while True:
-        epoch = it.epoch
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        epochs[epoch if it.epoch == epoch else it.epoch].extend(_ids(batch))
-    n = len(read_index(corpus.arrayrecord, "train"))
-    assert sorted(epochs[0]) == sorted(epochs[1]) and len(set(epochs[0])) == len(epochs[0]) == n
-    assert epochs[0] != epochs[1]
+    _assert_two_epochs_use_every_clip_once_reshuffled(it, corpus)
 
 
 def test_packed_loader_resumes_exactly_mid_epoch(corpus, tokenizer):

@@ -20,17 +20,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import ml_dtypes
 import numpy as np
 import pytest
 
+from tests.helpers.processes import free_port, sawt_serve
 from tests.helpers.release import release_dir
-from tests.helpers.serving import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTRUCTION = "اكتب ما تسمعه بالعربية."
@@ -164,35 +162,13 @@ def test_serve_answers_the_openai_client_with_the_run_prompt(journey):
             "transcribe", "--checkpoint", str(journey.run), "--output", "json", str(journey.clip)
         ).stdout.splitlines()[-1]
     )
-    port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "sawt", "serve", "--checkpoint", str(journey.run), "--port", str(port)]
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, f"sawt serve exited {proc.returncode}: {proc.stdout.read()}"
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
+    with sawt_serve(["--checkpoint", str(journey.run)], env=env, cwd=REPO, timeout=600) as (url, proc):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         with open(journey.clip, "rb") as f:
             answer = client.audio.transcriptions.create(model="sawt-asr", file=("clip.wav", f, "audio/wav"))
         # Greedy decoding of the same prompt: the server's prompt is the run's, as transcribe's is.
         assert answer.text == transcribed["text"].strip()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     log = proc.stdout.read()
     assert f"with instruction {INSTRUCTION!r}" in log
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,11 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from helpers.processes import free_port, stop_process
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ class GcsEmulator:
 @contextlib.contextmanager
 def gcs_emulator(bucket: str = "sawt-test", timeout: float = 30.0) -> Iterator[GcsEmulator]:
     """Starts `gcp-storage-emulator` (in memory) with ``bucket`` created; stops it on exit."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     server = ["start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", bucket]
@@ -86,12 +81,7 @@ def gcs_emulator(bucket: str = "sawt-test", timeout: float = 30.0) -> Iterator[G
             time.sleep(0.1)
         yield GcsEmulator(url, bucket)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,11 +14,7 @@ import numpy as np
 import soundfile as sf
 import uvicorn
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers.processes import free_port
 
 
 @contextlib.contextmanager

@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from helpers.processes import free_port
 
 TPU_RESOURCE = "google.com/tpu"
 # kubernetes batch/v1 well-known labels (staging/src/k8s.io/api/batch/v1/types.go).
@@ -353,12 +354,6 @@ def jobset_step(jobset_spec: dict[str, Any], failed_reason: str, restarts: int) 
 
 # ---------------------------------------------------------------------------------------------------------
 # Running pods as local processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rewrite_paths(text: str, mapping: list[tuple[str, str]]) -> str:

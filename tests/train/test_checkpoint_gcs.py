@@ -182,13 +182,10 @@ def test_serve_reads_a_run_whose_checkpoints_are_on_gcs(gcs, tiny_checkpoint, tm
     """`sawt serve --checkpoint RUN_DIR`, RUN_DIR local (a mounted path on GKE) and its steps on gs://:
     the server loads the step from GCS, the tokenizer from ``RUN_DIR/model/`` (which the step's own
     ``gs://.../runs/RUN/`` lacks), and answers the official `openai` client."""
-    import subprocess
-    import sys
-    import time
 
-    import httpx
     import openai
-    from helpers.serving import free_port, wav_bytes
+    from helpers.processes import sawt_serve
+    from helpers.serving import wav_bytes
 
     step = tmp_path / "step"  # a trainer step holds the params and model_config.json, no tokenizer
     shutil.copytree(tiny_checkpoint / "params", step / "params")
@@ -209,37 +206,15 @@ def test_serve_reads_a_run_whose_checkpoints_are_on_gcs(gcs, tiny_checkpoint, tm
         assert companion_dir(given, resolve_checkpoint(given)) == run / RUN_MODEL_DIR
     assert companion_dir(step_uri) is None  # nothing beside the step on GCS: the given path is needed
 
-    port = free_port()
-    env = {**_env(**gcs.env)}
-    cmd = [
-        sys.executable, "-m", "sawt", "serve", "--checkpoint", str(run), "--port", str(port),
-        "--max-batch", "2", "--max-new-tokens", "4", "--window-s", "4", "--overlap-s", "1",
-        "--log-level", "warning",
+    args = [
+        "--checkpoint", str(run), "--max-batch", "2", "--max-new-tokens", "4", "--window-s", "4",
+        "--overlap-s", "1", "--log-level", "warning",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
+    with sawt_serve(args, env=_env(**gcs.env)) as (url, _proc):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         out = client.audio.transcriptions.create(
             model="sawt-asr", file=("a.wav", wav_bytes(1.5), "audio/wav")
         )
         assert isinstance(out.text, str) and out.usage.output_tokens > 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert json.loads((tiny_checkpoint / "model_config.json").read_text())  # untouched
     assert os.environ["STORAGE_EMULATOR_HOST"] == gcs.url
