@@ -79,7 +79,7 @@ def child(rounds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.harness import ThreadBudget, add_cli_flags, bench_run
+    from bench.harness import ThreadBudget, add_cli_flags, bench_run, emit
 
     parser = argparse.ArgumentParser(prog="python -m bench.step_ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("sets", nargs="*", help="NAME=XLA_FLAGS (default: default= and concurrency=...)")
@@ -119,20 +119,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
         results.update(sets=sets, losses=losses, thread_budget=budget.describe(), figures=summarise(samples))
     base = next(iter(sets))
-    for name, f in results["figures"].items():
-        print(
-            f"{name:14s} wall {1e3 * f['wall_s_per_step']:7.1f} ms  CPU {1e3 * f['cpu_s_per_step']:7.1f} ms per "
-            f"step  vs {base}: wall {f[f'wall_speedup_vs_{base}']:.2f}x, CPU {f[f'cpu_speedup_vs_{base}']:.2f}x"
-        )
-    print(
+    lines = [
+        f"{name:14s} wall {1e3 * f['wall_s_per_step']:7.1f} ms  CPU {1e3 * f['cpu_s_per_step']:7.1f} ms per "
+        f"step  vs {base}: wall {f[f'wall_speedup_vs_{base}']:.2f}x, CPU {f[f'cpu_speedup_vs_{base}']:.2f}x"
+        for name, f in results["figures"].items()
+    ]
+    lines.append(
         f"load average {results['load_average_before']:.2f} before, {results['load_average_after']:.2f} after: "
         f"loaded={results['loaded']}"
     )
-    if args.json:
-        from core.fileio import atomic_write_json
-
-        atomic_write_json(args.json, results)
-    return 0
+    return emit(results, "\n".join(lines), args.json)
 
 
 if __name__ == "__main__":

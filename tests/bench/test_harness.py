@@ -170,3 +170,13 @@ def test_thread_budget_applies_to_a_child_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_emit_prints_the_report_and_writes_the_json_when_asked(tmp_path, capsys):
+    out = tmp_path / "sub" / "r.json"
+    assert harness.emit({"x": 1.5}, "x: 1.5", None) == 0
+    assert capsys.readouterr().out == "x: 1.5\n" and not out.exists()
+    out.parent.mkdir()
+    assert harness.emit({"x": 1.5}, "x: 1.5", str(out)) == 0
+    assert capsys.readouterr().out == f"x: 1.5\nwrote {out}\n"
+    assert __import__("json").loads(out.read_text()) == {"x": 1.5}
