@@ -209,9 +209,8 @@ def _work(mode: str, overrides: list[str]):
     new = 32
     batch = prompt_only(asr_batch(cfg, 8, 3.0, 4, seed=1))
     arrays = {k: jnp.asarray(v) for k, v in batch.items() if k != "meta" and v is not None}
-    graphdef, state = nnx.split(model)
-    max_len = arrays["input_ids"].shape[1] + new
-    args = (graphdef, state, arrays, new, max_len, (), cfg.tokens.pad_token_id)
+    # The arguments `greedy_generate` passes, so the trace is of its program (per-layer weights included).
+    args = gen.generate_args(model, arrays, new, (), arrays["input_ids"].shape[1] + new)
     hlo = gen._generate_jit.lower(*args).compile().as_text()
     return (lambda: gen._generate_jit(*args)), hlo, 8 * new
 

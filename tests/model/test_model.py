@@ -324,3 +324,30 @@ def test_greedy_generate_with_unrolled_layers_cut_once_matches_the_scanned_stack
     ids_b, n_b = greedy_generate(unrolled, batch, 6, stop_ids=())
     np.testing.assert_array_equal(np.asarray(ids_a), np.asarray(ids_b))
     np.testing.assert_array_equal(np.asarray(n_a), np.asarray(n_b))
+
+
+def test_decode_step_with_a_per_layer_cache_and_unstacked_layers_matches_the_stacked_cache():
+    """The CPU decode form (one cache buffer per layer, layers cut once) gives the stacked form's logits
+    and cache, also for a prefix of the rows (the serving engine's slot buckets)."""
+    from bench.model import asr_batch, prompt_only
+    from trainer.model import generate
+    from trainer.model.layers import unstack_layers
+
+    cfg = load_experiment("small", []).model
+    model = Thinker(cfg, rngs=nnx.Rngs(1))
+    batch = prompt_only(asr_batch(cfg, 4, 1.0, 2, seed=2))
+    _, stacked = generate.prefill(model, batch, batch["input_ids"].shape[1] + 4)
+    per_layer = generate.per_layer_cache(stacked)
+    assert len(per_layer.k) == cfg.text.num_hidden_layers
+    layers = unstack_layers(model.model.layers)
+    tokens = jnp.asarray([7, 8, 9], jnp.int32)  # the first 3 of 4 rows
+    want, want_cache = generate.decode_step(model, stacked, tokens)
+    got, got_cache = generate.decode_step(model, per_layer, tokens, layers=layers)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.stack(got_cache.k), np.asarray(want_cache.k), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got_cache.lengths), np.asarray(want_cache.lengths))
+    # Rows put back into a per-layer cache land in every layer's buffer.
+    merged = generate.insert_rows(
+        generate.init_cache(cfg, 4, stacked.k.shape[3], True), stacked, jnp.arange(4)
+    )
+    np.testing.assert_array_equal(np.stack(merged.k), np.asarray(stacked.k))

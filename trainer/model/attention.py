@@ -24,7 +24,9 @@ def causal_mask(token_mask: jax.Array, segment_ids: jax.Array | None = None) -> 
     return mask
 
 
-def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+def dot_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, *, kv_heads_major: bool = False
+) -> jax.Array:
     """softmax(q k^T * scale + mask) v with grouped query heads; softmax in fp32.
 
     Args:
@@ -32,17 +34,19 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
             h // (Nq/Nkv), as HF's repeat_kv).
         mask: bool [B, S, T], True where query s may attend to key t.
         scale: multiplier of the scores.
+        kv_heads_major: k and v are [B, Nkv, T, hd] (the KV cache's layout, `trainer.model.generate`).
 
     Returns:
         [B, S, Nq, hd] in q's dtype.
     """
     b, s, nq, hd = q.shape
-    nkv = k.shape[2]
+    nkv = k.shape[1 if kv_heads_major else 2]
+    kv = "bktd" if kv_heads_major else "btkd"
     qg = q.reshape(b, s, nkv, nq // nkv, hd)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum(f"bskgd,{kv}->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    out = jnp.einsum(f"bkgst,{kv}->bskgd", probs, v)
     return out.reshape(b, s, nq, hd)
 
 
@@ -80,6 +84,6 @@ class TextAttention(nnx.Module):
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
         return q, k, v
 
-    def attend(self, q, k, v, mask) -> jax.Array:
-        """Attention over the given keys/values, then o_proj: [B, S, H]."""
-        return self.o_proj(dot_attention(q, k, v, mask, self.scale))
+    def attend(self, q, k, v, mask, kv_heads_major: bool = False) -> jax.Array:
+        """Attention over the given keys/values (see `dot_attention`), then o_proj: [B, S, H]."""
+        return self.o_proj(dot_attention(q, k, v, mask, self.scale, kv_heads_major=kv_heads_major))

@@ -14,7 +14,7 @@ from flax import nnx
 
 from trainer.model.attention import TextAttention, causal_mask
 from trainer.model.config import TextConfig
-from trainer.model.layers import Embed, RMSNorm, scan_layers
+from trainer.model.layers import Embed, RMSNorm, scan_layers, unstack_layers
 from trainer.model.moe import SparseMoE
 from trainer.model.rope import rope_angles
 from trainer.model.sharding import constrain
@@ -108,32 +108,51 @@ class TextModel(nnx.Module):
             x: [R, 1, H] embeddings of the new tokens, for the first R rows of the cache (R <= B; the
                 serving engine runs a prefix of its slots; the other rows are neither read nor written).
             positions: int [R, 1].
-            cache_k, cache_v: [L, B, T, Nkv, hd]; slots < lengths[b] hold row b's earlier tokens.
+            cache_k, cache_v: [L, B, Nkv, T, hd] (heads before slots: the layout XLA:CPU's attention dots
+                read as they are; [L, B, T, Nkv, hd] cost two transposed copies of every layer's cache per
+                token), or tuples of L per-layer buffers [B, Nkv, T, hd] (with `layers` unstacked: then no
+                layer reads its cache through a slice of the stacked buffer, which XLA:CPU copies); slots <
+                lengths[b] hold row b's earlier tokens.
             lengths: int [R]: the slot where each row's new K/V is written.
             layers: `unstack_layers(self.layers)`, cut by a caller that decodes in a loop (else the
                 stacked layers).
 
         Returns:
-            (hidden [R, 1, H], new cache_k, new cache_v) with the caches' full shape.
+            (hidden [R, 1, H], new cache_k, new cache_v) in the caches' form and shape.
         """
         r = x.shape[0]
-        _, _, t, nkv, hd = cache_k.shape
+        per_layer = isinstance(cache_k, (tuple, list))
+        nkv, t, hd = cache_k[0].shape[-3:] if per_layer else cache_k.shape[-3:]
         angles = self.angles(positions)
         mask = (jnp.arange(t)[None, :] <= lengths[:, None])[:, None, :]  # [R, 1, T]
         rows = jnp.arange(r)
         token_mask = jnp.ones((r, 1), bool)
 
+        def attend(layer: DecoderLayers, h, q, ck, cv):  # ck, cv: this layer's [R, Nkv, T, hd]
+            h = h + layer.self_attn.attend(
+                q, ck.astype(q.dtype), cv.astype(q.dtype), mask, kv_heads_major=True
+            )
+            return layer.mlp_block(h, token_mask)[0]
+
+        if per_layer:
+            ks, vs = list(cache_k), list(cache_v)
+            h = x
+            for i, layer in enumerate(unstack_layers(self.layers) if layers is None else layers):
+                q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), angles)
+                ks[i] = ks[i].at[rows, :, lengths].set(k[:, 0].astype(ks[i].dtype))
+                vs[i] = vs[i].at[rows, :, lengths].set(v[:, 0].astype(vs[i].dtype))
+                h = attend(layer, h, q, ks[i][:r], vs[i][:r])
+            return self.norm(h), tuple(ks), tuple(vs)
+
         def body(layer: DecoderLayers, carry, _):
             h, ck_all, cv_all, i = carry
             q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), angles)
-            ck_all = ck_all.at[i, rows, lengths].set(k[:, 0].astype(ck_all.dtype))
-            cv_all = cv_all.at[i, rows, lengths].set(v[:, 0].astype(cv_all.dtype))
+            ck_all = ck_all.at[i, rows, :, lengths].set(k[:, 0].astype(ck_all.dtype))
+            cv_all = cv_all.at[i, rows, :, lengths].set(v[:, 0].astype(cv_all.dtype))
             # Read-only views of this layer's first R rows (XLA fuses them into the attention reads).
-            ck = jax.lax.dynamic_slice(ck_all, (i, 0, 0, 0, 0), (1, r, t, nkv, hd))[0]
-            cv = jax.lax.dynamic_slice(cv_all, (i, 0, 0, 0, 0), (1, r, t, nkv, hd))[0]
-            h = h + layer.self_attn.attend(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
-            h, _ = layer.mlp_block(h, token_mask)
-            return (h, ck_all, cv_all, i + 1), None
+            ck = jax.lax.dynamic_slice(ck_all, (i, 0, 0, 0, 0), (1, r, nkv, t, hd))[0]
+            cv = jax.lax.dynamic_slice(cv_all, (i, 0, 0, 0, 0), (1, r, nkv, t, hd))[0]
+            return (attend(layer, h, q, ck, cv), ck_all, cv_all, i + 1), None
 
         (h, cache_k, cache_v, _), _ = scan_layers(
             self.layers if layers is None else layers,

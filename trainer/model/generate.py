@@ -1,6 +1,6 @@
 """KV-cache inference: `prefill`, `decode_step` and `greedy_generate`.
 
-The cache is `KVCache(k, v, lengths)` with k, v [layers, batch, max_len, kv_heads, head_dim] and per-row
+The cache is `KVCache(k, v, lengths)` with k, v [layers, batch, kv_heads, max_len, head_dim] and per-row
 `lengths` [batch] (= filled slots = the position of the row's next token), so rows can sit at different
 decode steps (the serving engine's continuous batching) while every shape stays static: `decode_step` is
 jittable once per (batch, max_len). Prompts must be left-aligned (valid tokens first, padding after),
@@ -21,36 +21,52 @@ import numpy as np
 from flax import nnx
 
 from trainer.model.config import ModelConfig
-from trainer.model.layers import _dtype, unstack_layers
+from trainer.model.layers import _dtype, unstack_layer_states
 from trainer.model.thinker import Thinker, _is_concrete, check_audio_placeholders
 
 
 class KVCache(NamedTuple):
-    """k, v [L, B, T, Nkv, hd]; lengths int32 [B]: slots filled per row."""
+    """k, v [L, B, Nkv, T, hd], or tuples of L per-layer [B, Nkv, T, hd] (`per_layer_cache`); lengths int32 [B]:
+    slots filled per row."""
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     lengths: jax.Array
 
 
-def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
-    """An empty cache (compute dtype)."""
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, per_layer: bool = False) -> KVCache:
+    """An empty cache (compute dtype); `per_layer`: one buffer per layer (`per_layer_cache`)."""
     t = config.text
-    shape = (t.num_hidden_layers, batch_size, max_len, t.num_key_value_heads, t.head_dim)
+    shape = (t.num_hidden_layers, batch_size, t.num_key_value_heads, max_len, t.head_dim)
     dt = _dtype(config.compute_dtype)
-    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((batch_size,), jnp.int32))
+    cache = KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((batch_size,), jnp.int32))
+    return per_layer_cache(cache) if per_layer else cache
+
+
+def per_layer_cache(cache: KVCache) -> KVCache:
+    """The cache as one buffer per layer, for decoding with unstacked layers (`unstack_layers`, CPU).
+
+    A stacked buffer is read through one slice per layer, which XLA:CPU copies on every decode step.
+    """
+    if isinstance(cache.k, tuple):
+        return cache
+    return KVCache(tuple(cache.k), tuple(cache.v), cache.lengths)
 
 
 def insert_rows(cache: KVCache, rows: KVCache, slots: jax.Array) -> KVCache:
     """Copies the rows of a (prefilled) `rows` cache into batch slots `slots` [b] of `cache`.
 
-    Both caches must have the same max_len.
+    Both caches must have the same max_len; either may be stacked or per layer.
     """
-    return KVCache(
-        cache.k.at[:, slots].set(rows.k.astype(cache.k.dtype)),
-        cache.v.at[:, slots].set(rows.v.astype(cache.v.dtype)),
-        cache.lengths.at[slots].set(rows.lengths),
-    )
+
+    def put(dst, src):
+        if isinstance(dst, tuple):
+            src = tuple(src) if not isinstance(src, tuple) else src
+            return tuple(d.at[slots].set(r.astype(d.dtype)) for d, r in zip(dst, src, strict=True))
+        src = jnp.stack(src) if isinstance(src, tuple) else src
+        return dst.at[:, slots].set(src.astype(dst.dtype))
+
+    return KVCache(put(cache.k, rows.k), put(cache.v, rows.v), cache.lengths.at[slots].set(rows.lengths))
 
 
 def prefill(model: Thinker, batch: dict, max_len: int) -> tuple[jax.Array, KVCache]:
@@ -76,8 +92,10 @@ def prefill(model: Thinker, batch: dict, max_len: int) -> tuple[jax.Array, KVCac
     last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
     logits = model.logits(last[:, None])[:, 0]
     logits = jnp.where(ok[:, None], logits, jnp.nan)
-    pad = ((0, 0), (0, 0), (0, max_len - s), (0, 0), (0, 0))
-    return logits, KVCache(jnp.pad(k, pad), jnp.pad(v, pad), lengths)
+    # [L, B, S, Nkv, hd] -> the cache's [L, B, Nkv, T, hd]
+    pad = ((0, 0), (0, 0), (0, 0), (0, max_len - s), (0, 0))
+    k, v = (jnp.pad(jnp.swapaxes(a, 2, 3), pad) for a in (k, v))
+    return logits, KVCache(k, v, lengths)
 
 
 def decode_step(
@@ -122,6 +140,8 @@ def _generate(
         layers_graphdef = nnx.split(model.model.layers)[0]
         layers = [nnx.merge(layers_graphdef, s) for s in layer_states]
     logits, cache = prefill(model, batch, max_len)
+    if layers is not None:
+        cache = per_layer_cache(cache)
     b = logits.shape[0]
     stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
 
@@ -185,13 +205,17 @@ def greedy_generate(
         # Left-aligned rows: no valid token after the first pad.
         if np.any(mask[:, 1:] & ~mask[:, :-1]):
             raise ValueError("greedy_generate needs left-aligned prompts (valid tokens first, then padding)")
-    max_len = max_len or width + max_new_tokens
+    return _generate_jit(
+        *generate_args(model, batch, max_new_tokens, stops, max_len or width + max_new_tokens)
+    )
+
+
+def generate_args(model: Thinker, batch: dict, max_new_tokens: int, stops: tuple[int, ...], max_len: int):
+    """The arguments of the compiled `_generate_jit` for `greedy_generate` (bench/profile.py traces it)."""
     arrays = {k: v for k, v in batch.items() if k != "meta" and v is not None}
     # Unrolled layers (the CPU choice) are cut out of the stacked weights once per call, here, outside the
     # compiled loop, instead of on every token inside it; a scanned stack (TPU) reads its slices in place.
-    layers = None
-    if model.model.unroll:
-        layers = [nnx.split(layer)[1] for layer in unstack_layers(model.model.layers)]
+    layers = unstack_layer_states(model.model.layers)[1] if model.model.unroll else None
     graphdef, state = nnx.split(model)
-    pad = cfg.tokens.pad_token_id
-    return _generate_jit(graphdef, state, arrays, max_new_tokens, max_len, stops, pad, layers)
+    pad = model.config.tokens.pad_token_id
+    return graphdef, state, arrays, max_new_tokens, max_len, stops, pad, layers
