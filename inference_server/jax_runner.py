@@ -24,6 +24,7 @@ from flax import nnx
 from trainer.data.audio import FRAMES_PER_SECOND
 from trainer.model import generate
 from trainer.model.geometry import encoder_token_count
+from trainer.model.layers import unstack_layer_states
 
 log = logging.getLogger("sawt.jax_runner")
 
@@ -96,13 +97,23 @@ class JaxRunner:
         load_param_tree(model, params)
         self._graphdef, self._state = nnx.split(model)
         self.mesh = mesh
-        self._cache = generate.init_cache(model_config, num_slots, self.max_seq_len)
+        # On CPU the decode step runs the layers from weights cut out of the stacked arrays once, here, and
+        # from one cache buffer per layer: sliced inside the per-token step, both were copied on every step
+        # (as in `generate.greedy_generate`). This holds the decoder's weights twice (the stacked ones serve
+        # the prefill). On TPU the scanned stack reads its slices in place.
+        platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+        self._layers_graphdef, self._layer_states = None, None
+        if model.model.unroll or platform == "cpu":
+            with self._on_mesh():
+                self._layers_graphdef, self._layer_states = unstack_layer_states(model.model.layers)
+        self._per_layer = self._layer_states is not None
+        self._cache = generate.init_cache(model_config, num_slots, self.max_seq_len, self._per_layer)
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(generate.insert_rows, donate_argnums=(0,))
         # Decode runs over the smallest power-of-two prefix of slots holding every active row (the scheduler
         # fills the lowest free slot), so a lightly loaded server does not pay for the full batch.
         self.decode_buckets = sorted({min(num_slots, 1 << k) for k in range(num_slots.bit_length() + 1)})
-        self._decode = jax.jit(self._decode_fn, donate_argnums=(1,), static_argnums=(4,))
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(2,), static_argnums=(5,))
         if warmup:
             self.warmup()
 
@@ -113,11 +124,14 @@ class JaxRunner:
         logits_bv, rows = generate.prefill(model, batch, self.max_seq_len)
         return logits_bv[0], rows
 
-    def _decode_fn(self, state, cache, tokens_b, active_b, rows):
+    def _decode_fn(self, state, layer_states, cache, tokens_b, active_b, rows):
         # The full slot cache goes in (donated) and only its first `rows` rows are read and written, in
         # place: no slice of the cache and no write-back per step.
         model = nnx.merge(self._graphdef, state)
-        return generate.decode_step(model, cache, tokens_b[:rows], active_b[:rows])
+        layers = None
+        if layer_states is not None:
+            layers = [nnx.merge(self._layers_graphdef, s) for s in layer_states]
+        return generate.decode_step(model, cache, tokens_b[:rows], active_b[:rows], layers)
 
     # ---- ModelRunner ---------------------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ class JaxRunner:
         rows = next(b for b in self.decode_buckets if b >= used)
         with self._on_mesh():
             logits_rv, self._cache = self._decode(
-                self._state, self._cache, np.asarray(tokens_b, np.int32), active_b, rows
+                self._state, self._layer_states, self._cache, np.asarray(tokens_b, np.int32), active_b, rows
             )
         out = np.zeros((self.num_slots, logits_rv.shape[-1]), np.float32)
         out[:rows] = np.asarray(logits_rv)
@@ -193,7 +207,7 @@ class JaxRunner:
             active = np.zeros(self.num_slots, bool)
             active[rows - 1] = True
             self.decode(np.zeros(self.num_slots, np.int32), active)
-        self._cache = generate.init_cache(self.config, self.num_slots, self.max_seq_len)
+        self._cache = generate.init_cache(self.config, self.num_slots, self.max_seq_len, self._per_layer)
         log.info(
             "compiled prefill buckets %s (frames) and decode for %d slots", self.frame_buckets, self.num_slots
         )
