@@ -31,6 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):
+    # Run as a script in .venv-ref (torch, no sawt install): the repository root gives trainer.data.audio_io,
+    # which needs only numpy. load_export.py and release_fixture.py import this module the same way.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from trainer.data.audio_io import SAMPLE_RATE
 
 CLIP_SECONDS = {"clip_1p3": 1.3, "clip_2": 2.0, "clip_9p37": 9.37}
