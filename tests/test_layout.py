@@ -307,6 +307,18 @@ def test_deploy_help_runs_without_heavy_packages():
     assert "render" in result.stdout
 
 
+# Folders whose files run as scripts (`python bench/hf_ref.py`, `.venv-ref/bin/python tools/dev/hf_reference/...`):
+# Python puts the script's folder first on sys.path, so a module named like a standard one shadows it for the
+# script and everything it imports (bench/profile.py broke torch's `import cProfile` in the HF peer).
+SCRIPT_DIRS = ("bench", "tools/dev/hf_reference")
+
+
+@pytest.mark.parametrize("folder", SCRIPT_DIRS)
+def test_script_folders_shadow_no_standard_module(folder):
+    shadowing = sorted(p.name for p in (ROOT / folder).glob("*.py") if p.stem in sys.stdlib_module_names)
+    assert not shadowing, f"{folder}/: {shadowing} shadow standard modules for the scripts run from there"
+
+
 def test_installed_bench_says_it_needs_a_checkout():
     """As from a wheel install, where bench/ is absent: the CLI still starts, and `sawt bench` explains."""
     assert run_without_heavy("--help", blocked=("bench",)).returncode == 0

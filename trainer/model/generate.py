@@ -211,7 +211,7 @@ def greedy_generate(
 
 
 def generate_args(model: Thinker, batch: dict, max_new_tokens: int, stops: tuple[int, ...], max_len: int):
-    """The arguments of the compiled `_generate_jit` for `greedy_generate` (bench/profile.py traces it)."""
+    """The arguments of the compiled `_generate_jit` for `greedy_generate` (bench/op_profile.py traces it)."""
     arrays = {k: v for k, v in batch.items() if k != "meta" and v is not None}
     # Unrolled layers (the CPU choice) are cut out of the stacked weights once per call, here, outside the
     # compiled loop, instead of on every token inside it; a scanned stack (TPU) reads its slices in place.

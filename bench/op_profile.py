@@ -1,6 +1,6 @@
 """Where the time of the `small` train step and decode go on CPU: a jax.profiler trace mapped to the model.
 
-    python -m bench.profile train|decode [--steps N] [--top N] [--json FILE] [OVERRIDE ...]
+    python -m bench.op_profile train|decode [--steps N] [--top N] [--json FILE] [OVERRIDE ...]
 
 Runs the same work as `sawt bench model` (bench/model.py: the bench's train batch, forward + backward of the
 loss; greedy generation at batch 8), traces `--steps` calls after a warm-up, and maps every XLA:CPU thunk in
@@ -261,7 +261,7 @@ def _print(r: dict, top: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.op_profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("train", "decode"))
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the small preset's model")
     parser.add_argument("--steps", type=int, default=3, help="traced calls after the warm-up")

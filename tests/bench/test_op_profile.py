@@ -1,9 +1,9 @@
-"""bench/profile.py: thunks mapped to the model function they came from, on a real compiled program."""
+"""bench/op_profile.py: thunks mapped to the model function they came from, on a real compiled program."""
 
 import jax
 import jax.numpy as jnp
 
-from bench.profile import classify, hlo_metadata, summarise
+from bench.op_profile import classify, hlo_metadata, summarise
 
 
 def test_named_scopes_survive_into_the_compiled_hlo_forward_and_backward():
