@@ -324,8 +324,13 @@ def copy_companion_files(source: str | os.PathLike[str], dest: str | Path) -> li
 
 
 def checkpoint_path(path: str | os.PathLike[str]) -> epath.Path:
-    """``path`` as an `epath.Path`: a local path or a ``gs://`` URI alike (pathlib would mangle ``gs://``)."""
-    return epath.Path(path)
+    """``path`` as an `epath.Path`: a local path or a ``gs://`` URI alike (pathlib would mangle ``gs://``).
+
+    A local path is made absolute: Orbax refuses a relative directory for an OCDBT checkpoint that several
+    processes wrote (``ocdbt.process_N/``, as a multi-process run saves), so `sawt transcribe --checkpoint
+    build/demo/run` failed after the 2-process demo while an absolute path worked.
+    """
+    return epath.Path(path if is_gcs(path) else os.path.abspath(path))
 
 
 def is_gcs(path: str | os.PathLike[str]) -> bool:

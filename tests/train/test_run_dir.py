@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trainer.model_checkpoint import companion_dir, resolve_checkpoint
+from trainer.model_checkpoint import checkpoint_path, companion_dir, resolve_checkpoint
 
 
 def _step(run, step, wer=None, commit=False):
@@ -30,6 +30,17 @@ def test_a_run_denotes_its_best_step_by_wer_else_its_latest(tmp_path):
     _step(run, 14, wer=0.5)
     assert resolve_checkpoint(run) == run / "checkpoints" / "12"  # lowest WER, the later of equals
     assert resolve_checkpoint(run / "checkpoints" / "4") == run / "checkpoints" / "4"  # a step as given
+
+
+def test_a_relative_run_path_resolves_to_an_absolute_step(tmp_path, monkeypatch):
+    """Orbax reads a multi-process OCDBT checkpoint only from an absolute path (`make bench-longform` passes
+    build/demo/run), so a relative local path resolves to an absolute step; gs:// is left as given."""
+    run = tmp_path / "run"
+    _step(run, 2)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_checkpoint("run")
+    assert resolved.is_absolute() and resolved == run / "checkpoints" / "2"
+    assert str(checkpoint_path("gs://bucket/runs/r")) == "gs://bucket/runs/r"
 
 
 def test_companion_files_of_a_run_step_and_converted_checkpoint(tmp_path):
