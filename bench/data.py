@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.harness import add_cli_flags, emit
+from bench.harness import emit, run_standalone
 
 HEADLINE = (
     "example_decode_speedup",
@@ -111,8 +111,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    add_cli_flags(parser)
-    sys.exit(main(parser.parse_args()))
+    sys.exit(run_standalone(main, __doc__))

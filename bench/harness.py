@@ -287,6 +287,17 @@ def emit(results: Mapping[str, Any], report: str, json_path: str | Path | None) 
     return 0
 
 
+def run_standalone(main: Callable[[Any], int], doc: str) -> int:
+    """``python -m bench.SUITE`` for a suite with ``--quick``: the flags `sawt bench SUITE` gives it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    add_cli_flags(parser)
+    return main(parser.parse_args())
+
+
 def add_cli_flags(parser: Any) -> None:
     """The flags every suite shares (``sawt bench SUITE`` and ``python -m bench.SUITE``)."""
     parser.add_argument(

@@ -333,10 +333,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from bench.harness import add_cli_flags
+    from bench.harness import run_standalone
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    add_cli_flags(parser)
-    sys.exit(main(parser.parse_args()))
+    sys.exit(run_standalone(main, __doc__))
