@@ -111,4 +111,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_standalone(main, __doc__))
+    sys.exit(run_standalone(main, __doc__, threads=False))

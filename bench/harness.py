@@ -5,8 +5,10 @@ PyTorch's spinning OpenMP threads lost 40x at a load average of 10 while our com
 recorded "13x" was the load. So each suite, through this module:
 
 - records the machine (CPU model, cores) and the load average before and after its run
-  (`LoadCheck`); a run whose load average exceeds half the cores is marked ``"loaded": true`` with a
-  warning, or refused with ``--refuse-loaded`` (`LoadedMachineError`);
+  (`LoadCheck`); a run is marked ``"loaded": true`` with a warning (or refused with ``--refuse-loaded``,
+  `LoadedMachineError`) when the load average before it exceeds half the cores, or when the *other*
+  processes used more than half the cores during it (`CpuMeter`). The load average after a run counts the
+  suite's own busy threads too (a quiet 2-core run ends at ~2), so it is recorded but not judged alone;
 - interleaves the two sides (A B A B ..., `interleave`) and reports medians with their spread
   (`Samples.summary`, `ratio`), so that a burst of load hits both sides rather than one;
 - gives both sides the same, stated thread budget (`ThreadBudget`): the same CPU cores (affinity, which
@@ -70,6 +72,76 @@ def _loadavg() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
+# /proc/stat's busy columns (user nice system idle iowait irq softirq steal ...): everything but idle and
+# iowait. Steal counts: it is CPU that the hypervisor's other guests took from this machine.
+_BUSY_COLUMNS = (0, 1, 2, 5, 6, 7)
+
+
+def machine_busy_seconds(stat: str | Path = "/proc/stat") -> float | None:
+    """CPU seconds all processes on the machine have been busy since boot, or None without /proc/stat."""
+    try:
+        first = Path(stat).read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    ticks = [int(x) for x in first[1:]]
+    return sum(ticks[i] for i in _BUSY_COLUMNS if i < len(ticks)) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the HF peer, `sawt train`'s ranks)."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """How many cores the machine's *other* processes kept busy during a run, on average.
+
+    Machine-wide busy CPU time (``/proc/stat``) minus this process tree's own CPU time, over the wall time.
+    Unlike the load average after a run, it does not count the suite itself. A child still running at
+    `stop` counts as a neighbour (its time is not yet in ``RUSAGE_CHILDREN``), so suites wait for theirs.
+
+    Args:
+        machine: machine-wide busy CPU seconds, None where unknown (injected by tests).
+        own: this process tree's CPU seconds (injected by tests).
+        clock: wall clock in seconds (injected by tests).
+    """
+
+    machine: Callable[[], float | None] = machine_busy_seconds
+    own: Callable[[], float] = own_cpu_seconds
+    clock: Callable[[], float] = time.monotonic
+    _start: tuple[float | None, float, float] | None = None
+    neighbour_cores: float | None = None
+    seconds: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._start is not None
+
+    def start(self) -> None:
+        self._start = (self.machine(), self.own(), self.clock())
+
+    def stop(self) -> float | None:
+        """The neighbours' average busy cores since `start`, or None where the machine's CPU time is unknown."""
+        if self._start is None:
+            raise RuntimeError("CpuMeter.stop before start")
+        machine0, own0, t0 = self._start
+        machine1, own1, t1 = self.machine(), self.own(), self.clock()
+        self.seconds = t1 - t0
+        if machine0 is None or machine1 is None or t1 <= t0:
+            self.neighbour_cores = None
+        else:
+            self.neighbour_cores = max(0.0, (machine1 - machine0) - (own1 - own0)) / (t1 - t0)
+        return self.neighbour_cores
+
+
 @dataclass
 class LoadCheck:
     """Load average before and after a run, and whether the run counts as taken on a loaded machine.
@@ -77,10 +149,13 @@ class LoadCheck:
     Args:
         cores: the machine's cores; the limit is ``LOADED_FRACTION * cores``.
         loadavg: returns the 1-minute load average (injected by tests).
+        meter: measures the other processes' CPU use during the run; None judges by the load average after
+            the run instead (which counts the suite's own threads too).
     """
 
     cores: int = field(default_factory=machine_cores)
     loadavg: Callable[[], float] = _loadavg
+    meter: CpuMeter | None = field(default_factory=CpuMeter)
     before: float | None = None
     after: float | None = None
 
@@ -96,17 +171,30 @@ class LoadCheck:
                 f"load average {self.before:.2f} is above {self.limit:g} (half of {self.cores} cores): "
                 "this run would measure the neighbours; retry on a quiet machine or drop --refuse-loaded"
             )
+        if self.meter is not None:
+            self.meter.start()
         return self.before
 
     def finish(self) -> float:
         self.after = float(self.loadavg())
+        if self.meter is not None and self.meter.started:
+            self.meter.stop()
         return self.after
 
     @property
+    def neighbour_cores(self) -> float | None:
+        return self.meter.neighbour_cores if self.meter is not None else None
+
+    @property
     def loaded(self) -> bool:
-        """True when the load before or after the run was above the limit."""
-        seen = [x for x in (self.before, self.after) if x is not None]
-        return any(x > self.limit for x in seen)
+        """True when the load before the run, or the neighbours' CPU use during it, was above the limit.
+
+        Where the neighbours' CPU use is unknown (no meter, no /proc/stat), the load average after the run
+        is judged instead, which errs towards "loaded"."""
+        during = self.neighbour_cores
+        if during is None:
+            during = self.after
+        return any(x is not None and x > self.limit for x in (self.before, during))
 
     def fields(self) -> dict[str, Any]:
         """The JSON keys every suite reports: ``load_average_before``, ``load_average_after``, ``loaded``."""
@@ -114,14 +202,20 @@ class LoadCheck:
             "load_average_before": self.before,
             "load_average_after": self.after,
             "load_average_limit": self.limit,
+            "neighbour_cores": None if self.neighbour_cores is None else round(self.neighbour_cores, 3),
             "loaded": self.loaded,
         }
 
     def warning(self) -> str | None:
         if not self.loaded:
             return None
+        during = (
+            ""
+            if self.neighbour_cores is None
+            else f", other processes {self.neighbour_cores:.2f} cores during"
+        )
         return (
-            f"WARNING: loaded machine (load average {self.before:.2f} before, {self.after:.2f} after, "
+            f"WARNING: loaded machine (load average {self.before:.2f} before, {self.after:.2f} after{during}, "
             f"limit {self.limit:g} for {self.cores} cores): the ratios measure the neighbours too; "
             "re-run on a quiet machine before claiming a target"
         )
@@ -287,25 +381,31 @@ def emit(results: Mapping[str, Any], report: str, json_path: str | Path | None) 
     return 0
 
 
-def run_standalone(main: Callable[[Any], int], doc: str) -> int:
+def run_standalone(main: Callable[[Any], int], doc: str, threads: bool = True) -> int:
     """``python -m bench.SUITE`` for a suite with ``--quick``: the flags `sawt bench SUITE` gives it."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
-    add_cli_flags(parser)
+    add_cli_flags(parser, threads=threads)
     return main(parser.parse_args())
 
 
-def add_cli_flags(parser: Any) -> None:
-    """The flags every suite shares (``sawt bench SUITE`` and ``python -m bench.SUITE``)."""
+def add_cli_flags(parser: Any, threads: bool = True) -> None:
+    """The flags every suite shares (``sawt bench SUITE`` and ``python -m bench.SUITE``).
+
+    ``threads=False`` for a suite whose budget is fixed by design (data: one core each side), so that
+    ``--threads`` is refused there rather than accepted and ignored."""
     parser.add_argument(
         "--refuse-loaded",
         action="store_true",
         help=f"exit with an error instead of measuring when the load average is above "
-        f'{LOADED_FRACTION:g} x the cores (default: measure, mark the JSON "loaded": true and warn)',
+        f"{LOADED_FRACTION:g} x the cores (default: measure; a run whose load before, or whose other "
+        f'processes\' CPU use during it, was above that is marked "loaded": true with a warning)',
     )
+    if not threads:
+        return
     parser.add_argument(
         "--threads",
         type=int,

@@ -125,6 +125,7 @@ class Server:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()  # reaped, so its CPU time is the suite's own (harness.CpuMeter), not a neighbour's
 
 
 async def _post(client: Any, url: str, audio: bytes) -> tuple[int, float]:
@@ -317,11 +318,12 @@ def _combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 SIDES = {"batched": 32, "serial": 1}
 
 
-def run(quick: bool, log=print, refuse_loaded: bool = False) -> dict[str, Any]:
+def run(quick: bool, log=print, refuse_loaded: bool = False, threads: int | None = None) -> dict[str, Any]:
     from bench.harness import ThreadBudget, bench_run
 
     with bench_run("serve", refuse_loaded=refuse_loaded) as results:
-        budget = ThreadBudget.for_threads()
+        budget = ThreadBudget.for_threads(threads)
+        budget.apply_here()  # the servers and the load generator inherit the cores and the thread counts
         results["thread_budget"] = {
             **budget.describe(),
             "ours": f"both servers (and the load generator) on the same {budget.threads} core(s); XLA's "
@@ -408,7 +410,9 @@ def _run(quick: bool, log, results: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     results = run(
-        bool(getattr(args, "quick", False)), refuse_loaded=bool(getattr(args, "refuse_loaded", False))
+        bool(getattr(args, "quick", False)),
+        refuse_loaded=bool(getattr(args, "refuse_loaded", False)),
+        threads=getattr(args, "threads", None),
     )
     headline = {k: v for k, v in results.items() if not isinstance(v, dict | list)}
     return emit(results, json.dumps(headline, indent=2), getattr(args, "json", None))

@@ -13,6 +13,11 @@ SUITES = {
 }
 
 
+# Suites whose thread budget is fixed by design, so they take no --threads: data times single-threaded paths
+# on one core, ours and the peers alike (bench/data.py THREAD_BUDGET).
+FIXED_THREAD_BUDGET = {"data"}
+
+
 # The benchmarks run from a source checkout: they measure against dev-only peers (tools/dev, the torch
 # reference venv) and are not shipped in the wheel (pyproject.toml), so an installed sawt says so instead.
 NEEDS_CHECKOUT = (
@@ -37,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a benchmark suite. Each figure is a ratio against a peer measured in the same run, "
         "both sides interleaved round by round with the same thread budget, reported as medians with "
         "their spread. The JSON records the CPU, the cores and the load average before and after; a run "
-        'above half the cores\' load is marked "loaded": true (or refused with --refuse-loaded). '
+        "with a load average above half the cores before it, or with other processes keeping more than "
+        'half the cores busy during it, is marked "loaded": true (or refused with --refuse-loaded). '
         "Results go to stdout and, with --json, to a file. Exit code 3: refused, the machine was loaded.",
     )
     suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
@@ -55,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             )
         else:
             suite.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-            add_cli_flags(suite)
+            add_cli_flags(suite, threads=name not in FIXED_THREAD_BUDGET)
         suite.set_defaults(func=_run)
 
 

@@ -5,11 +5,24 @@ assert what the harness does with the numbers, never how fast anything is.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from bench import harness
-from bench.harness import LoadCheck, LoadedMachineError, Samples, ThreadBudget, bench_run, interleave, ratio
+from bench.harness import (
+    CpuMeter,
+    LoadCheck,
+    LoadedMachineError,
+    Samples,
+    ThreadBudget,
+    bench_run,
+    interleave,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    ratio,
+)
 
 
 class FakeClock:
@@ -96,8 +109,9 @@ def test_ratio_is_peer_over_ours_at_the_medians_and_per_round():
     [(0.3, 0.9, False), (1.0, 1.0, False), (1.01, 0.2, True), (0.2, 3.5, True)],
 )
 def test_load_check_marks_a_run_above_half_the_cores(before, after, loaded):
+    """Without a CPU meter (no /proc/stat), the load average after the run is judged too."""
     values = iter([before, after])
-    check = LoadCheck(cores=2, loadavg=lambda: next(values))
+    check = LoadCheck(cores=2, loadavg=lambda: next(values), meter=None)
     check.start()
     check.finish()
     assert check.loaded is loaded
@@ -106,8 +120,67 @@ def test_load_check_marks_a_run_above_half_the_cores(before, after, loaded):
         "load_average_before": before,
         "load_average_after": after,
         "load_average_limit": 1.0,
+        "neighbour_cores": None,
         "loaded": loaded,
     }
+
+
+def fake_meter(machine_s, own_s, wall_s):
+    """A CpuMeter whose machine-wide busy time, own CPU time and clock advance by the given amounts."""
+    machine, own, clock = iter([100.0, 100.0 + machine_s]), iter([5.0, 5.0 + own_s]), iter([0.0, wall_s])
+    return CpuMeter(machine=lambda: next(machine), own=lambda: next(own), clock=lambda: next(clock))
+
+
+@pytest.mark.parametrize(
+    ("machine_s", "own_s", "neighbours", "loaded"),
+    [
+        # The suite kept both cores busy for 100 s and nothing else ran: the load average after reads ~2,
+        # but the run is quiet.
+        (200.0, 199.0, 0.01, False),
+        # Another job took one and a half cores beside a one-core suite.
+        (250.0, 100.0, 1.5, True),
+        # Exactly half the cores used by others is still within the limit.
+        (200.0, 100.0, 1.0, False),
+        # Rounding can make own > machine by a tick: never negative.
+        (99.0, 100.0, 0.0, False),
+    ],
+)
+def test_load_check_judges_the_neighbours_cpu_not_the_suites_own(machine_s, own_s, neighbours, loaded):
+    values = iter([0.3, 2.1])  # quiet before; after, the suite's own busy threads
+    check = LoadCheck(cores=2, loadavg=lambda: next(values), meter=fake_meter(machine_s, own_s, 100.0))
+    check.start()
+    check.finish()
+    assert check.neighbour_cores == pytest.approx(neighbours)
+    assert check.loaded is loaded
+    assert check.fields()["neighbour_cores"] == pytest.approx(neighbours)
+    assert check.fields()["load_average_after"] == 2.1
+    if loaded:
+        assert "other processes 1.50 cores during" in check.warning()
+
+
+def test_load_check_still_judges_the_load_before():
+    check = LoadCheck(cores=2, loadavg=lambda: 1.7, meter=fake_meter(10.0, 10.0, 100.0))
+    check.start()
+    check.finish()
+    assert check.neighbour_cores == 0.0 and check.loaded is True
+
+
+def test_cpu_meter_counts_an_unreaped_child_as_a_neighbour_and_a_reaped_one_as_ours():
+    """The real meter on this machine. A child that burns a second of CPU and has not been reaped when the
+    meter stops is someone else's load: the neighbours' CPU seconds include at least that second (other
+    load on the machine only adds to them). Once reaped, its time is this process tree's own."""
+    if machine_busy_seconds() is None:
+        pytest.skip("no /proc/stat on this platform")
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
+    meter = CpuMeter()
+    meter.start()
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+    meter.stop()
+    assert meter.neighbour_cores * meter.seconds >= 0.9
+    own_before = own_cpu_seconds()
+    assert child.wait() == 0
+    assert own_cpu_seconds() - own_before >= 0.9
 
 
 def test_load_check_refuses_a_loaded_machine_when_asked():
@@ -120,12 +193,13 @@ def test_load_check_refuses_a_loaded_machine_when_asked():
 def test_bench_run_records_machine_load_and_warning():
     values = iter([0.4, 7.0])
     logged = []
-    with bench_run("model", load=LoadCheck(cores=2, loadavg=lambda: next(values)), log=logged.append) as r:
+    load = LoadCheck(cores=2, loadavg=lambda: next(values), meter=fake_meter(250.0, 100.0, 100.0))
+    with bench_run("model", load=load, log=logged.append) as r:
         r["figure"] = 1.0
     assert r["figure"] == 1.0
     assert r["suite"] == "model"
     assert r["load_average_before"] == 0.4 and r["load_average_after"] == 7.0
-    assert r["loaded"] is True
+    assert r["loaded"] is True and r["neighbour_cores"] == 1.5
     assert len(r["warnings"]) == 1 and "loaded machine" in r["warnings"][0]
     assert any("WARNING" in line for line in logged)
     machine = r["machine"]
@@ -133,7 +207,8 @@ def test_bench_run_records_machine_load_and_warning():
 
 
 def test_bench_run_quiet_machine_has_no_warning():
-    with bench_run("data", load=LoadCheck(cores=2, loadavg=lambda: 0.1), log=lambda _: None) as r:
+    load = LoadCheck(cores=2, loadavg=lambda: 0.1, meter=fake_meter(200.0, 199.0, 100.0))
+    with bench_run("data", load=load, log=lambda _: None) as r:
         pass
     assert r["loaded"] is False and r["warnings"] == []
 
@@ -180,3 +255,33 @@ def test_emit_prints_the_report_and_writes_the_json_when_asked(tmp_path, capsys)
     assert harness.emit({"x": 1.5}, "x: 1.5", str(out)) == 0
     assert capsys.readouterr().out == f"x: 1.5\nwrote {out}\n"
     assert __import__("json").loads(out.read_text()) == {"x": 1.5}
+
+
+def test_the_data_suite_refuses_a_thread_budget_it_cannot_honour(capsys):
+    """bench data times single-threaded paths by design: --threads is refused there, not silently ignored."""
+    from sawt.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "data", "--threads", "2"])
+    assert err.value.code == 2
+    assert "--threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "model", "--threads", "1", "--help"])
+    assert "--threads N" in capsys.readouterr().out
+
+
+def test_the_serve_suite_applies_its_thread_budget(monkeypatch):
+    """bench serve pins itself (and so the servers it starts) to the budget's cores and sets the thread
+    counts, instead of recording a budget it never applied."""
+    from bench import serve
+
+    pinned = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: pinned.append(set(cpus)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(serve, "_run", lambda quick, log, results: None)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    results = serve.run(True, threads=1)
+    assert pinned == [{0}]
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert results["thread_budget"]["threads"] == 1 and results["thread_budget"]["cpus"] == [0]
