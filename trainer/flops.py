@@ -58,11 +58,15 @@ def device_peak_flops(device: Any, cpu_peak_flops: float = 0.0) -> float:
 
 def _text_flops_per_token(text: Any, seq_len: int) -> float:
     """Forward matmul FLOPs of one token through the decoder (all layers) and the lm_head."""
+    from trainer.model.attention import CAUSAL_BLOCK, attention_pairs
+
     h, hd = text.hidden_size, text.head_dim
     nq, nkv = text.num_attention_heads, text.num_key_value_heads
     projections = 2 * h * hd * (nq + 2 * nkv) + 2 * nq * hd * h
-    # Scores and weighted sum against every key of the row: dense attention computes the full S x S block.
-    attention = 4 * seq_len * nq * hd
+    # Scores and weighted sum against the keys the attention computes (masked ones included): per block of
+    # CAUSAL_BLOCK queries, every key up to the block's end (`local_attention`), averaged over the row.
+    keys = attention_pairs(seq_len, seq_len, CAUSAL_BLOCK, None, 0) / seq_len
+    attention = 4 * keys * nq * hd
     router = 2 * h * text.num_experts
     experts = text.num_experts_per_tok * 3 * 2 * h * text.moe_intermediate_size  # SwiGLU: gate, up, down
     per_layer = projections + attention + router + experts
@@ -73,9 +77,11 @@ def _audio_flops_per_row(audio: Any, frames: int, clips: int = 1) -> float:
     """Forward matmul FLOPs of the audio encoder on one batch row of ``frames`` mel frames.
 
     The convs run on the row's chunk slots (`chunk_slots`: one clip per row needs ceil(frames / 100); packed
-    rows get 10% more); the transformer runs on the row's token stream (13 per 100 frames) with attention over
-    the whole stream (masked to each clip's windows, but computed densely).
+    rows get 10% more); the transformer runs on the row's token stream (13 per 100 frames) with attention per
+    block of stream tokens over the keys one window reaches from it (`local_attention`; masked within).
     """
+    from trainer.model.attention import attention_pairs
+    from trainer.model.audio_encoder import ENCODER_BLOCK
     from trainer.model.geometry import chunk_slots
 
     c, d, ff = audio.downsample_hidden_size, audio.d_model, audio.encoder_ffn_dim
@@ -90,7 +96,9 @@ def _audio_flops_per_row(audio: Any, frames: int, clips: int = 1) -> float:
         2 * 9 * 1 * c * (mel // 2) * t1 + 2 * 9 * c * c * (mel // 4) * t2 + 2 * 9 * c * c * (mel // 8) * t3
     )
     conv_out = 2 * c * (mel // 8) * d * chunks * audio.tokens_per_chunk
-    per_layer = tokens * (4 * 2 * d * d + 2 * 2 * d * ff + 4 * tokens * d)
+    reach = audio.window_tokens - 1
+    pairs = attention_pairs(tokens, tokens, ENCODER_BLOCK, reach, reach)
+    per_layer = tokens * (4 * 2 * d * d + 2 * 2 * d * ff) + 4 * pairs * d
     heads = tokens * (2 * d * d + 2 * d * audio.output_dim)
     return conv + conv_out + audio.encoder_layers * per_layer + heads
 
@@ -106,7 +114,7 @@ def train_flops_per_step(
     """Analytic matmul FLOPs of one training step over the global batch.
 
     Formula (documented in docs/training.md): forward FLOPs x 3 (forward, then backward for activation
-    and weight gradients). Text: per token, the attention projections, dense attention over the row, the
+    and weight gradients). Text: per token, the attention projections, attention over the keys it computes, the
     router, ``top_k`` SwiGLU experts and the lm_head. Audio: the three convs, conv_out, every encoder
     layer and the two output projections, per row (`_audio_flops_per_row`). A frozen audio encoder runs
     forward only (x1): no gradient flows into it. Padding is computed, so it counts.

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.model.helpers import CLIP_ORDER, forward, golden_model, mel, reference
 from tools.dev.hf_reference.make_goldens import waveform
 from trainer.data.audio import log_mel
-from trainer.model.attention import causal_mask
+from trainer.model.attention import causal_mask, dot_attention, local_attention
 from trainer.model.audio_encoder import clip_layout, window_mask
 from trainer.model.config import AudioConfig
 from trainer.model.geometry import chunk_slots, encoder_token_count
@@ -296,3 +296,68 @@ def test_encoder_layout_and_mask_never_cross_clips(rows, window_frames):
         )
         assert not crossing.any()
         assert not mask[b][:, ~lay.valid[b]].any()
+
+
+# ------------------------------------------------------------ blocked attention == dense attention
+
+
+def _qkv(rows: int, seq: int, seed: int = 0):
+    """Random q [rows, seq, 4 heads, 8] and k, v [rows, seq, 2 KV heads, 8] (grouped as the decoder's)."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(rows, seq, 4, 8)).astype(np.float32)
+    k, v = (rng.normal(size=(rows, seq, 2, 8)).astype(np.float32) for _ in range(2))
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+@functools.partial(jax.jit, static_argnames=("block", "reach_back", "reach_ahead"))
+def _local_and_dense(q, k, v, mask, block, reach_back, reach_ahead):
+    local = local_attention(q, k, v, mask, 0.3, block=block, reach_back=reach_back, reach_ahead=reach_ahead)
+    return local, dot_attention(q, k, v, mask, 0.3)
+
+
+def _assert_same_where_visible(local, dense, mask):
+    seen = np.asarray(mask).any(axis=-1)  # queries with a visible key (the others are padding)
+    np.testing.assert_allclose(np.asarray(local)[seen], np.asarray(dense)[seen], rtol=1e-5, atol=1e-6)
+
+
+_CAUSAL_SEQ = 300
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 120), max_size=6), min_size=2, max_size=2))
+def test_blocked_causal_attention_equals_dense(rows):
+    """The decoder's per-block causal attention (each block of queries over the keys up to its end) gives
+    every non-padding query of random packed rows exactly the dense masked attention's output."""
+    seg = np.zeros((2, _CAUSAL_SEQ), np.int32)
+    for b, lengths in enumerate(rows):
+        t = 0
+        for k, n in enumerate(lengths):
+            seg[b, t : t + n] = k + 1
+            t = min(t + n, _CAUSAL_SEQ)
+    mask = _mask_fn(jnp.asarray(seg > 0), jnp.asarray(seg))
+    q, k, v = _qkv(2, _CAUSAL_SEQ)
+    _assert_same_where_visible(*_local_and_dense(q, k, v, mask, 64, None, 0), mask)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(0, _CLIP_FRAMES), min_size=1, max_size=_MAX_CLIPS),
+        min_size=_ROWS,
+        max_size=_ROWS,
+    ),
+    st.sampled_from([200, 800]),
+)
+def test_blocked_window_attention_equals_dense(rows, window_frames):
+    """The encoder's per-block stream attention (each block of queries over one window less a token either
+    side) matches the dense masked attention on random clip layouts: no window reaches farther than that."""
+    cfg, fn = _layout_fn(window_frames)
+    frames = np.zeros((_ROWS, _MAX_CLIPS), np.int32)
+    for b, r in enumerate(rows):
+        frames[b, : len(r)] = r
+    _, mask = fn(jnp.asarray(frames))
+    ta, reach = mask.shape[1], cfg.window_tokens - 1
+    far = np.abs(np.arange(ta)[:, None] - np.arange(ta)[None, :]) > reach
+    assert not np.asarray(mask)[:, far].any()
+    q, k, v = _qkv(_ROWS, ta, seed=1)
+    _assert_same_where_visible(*_local_and_dense(q, k, v, mask, 52, reach, reach), mask)

@@ -79,7 +79,9 @@ class TextModel(nnx.Module):
             token_mask: bool [B, S]; keys at False positions are never attended to.
             return_kv: also return the per-layer rotated K and V [L, B, S, Nkv, hd] (prefill).
             segment_ids: int [B, S] of packed rows (None: one sequence per row); a query attends only to
-                earlier keys of its own segment, so the clips of a row never see each other.
+                earlier keys of its own segment, so the clips of a row never see each other. Attention runs
+                per block of queries over the keys up to the block's end (`TextAttention.attend_causal`);
+                padding positions' outputs are not those of a dense softmax (nothing reads them).
 
         Returns:
             (hidden [B, S, H] after the final norm, stats {counts, prob_sum: [L, E]}, kv or None).
@@ -90,7 +92,7 @@ class TextModel(nnx.Module):
 
         def body(layer: DecoderLayers, h, _):
             q, k, v = layer.self_attn.qkv(layer.input_layernorm(h), angles)
-            h = h + layer.self_attn.attend(q, k, v, mask)
+            h = h + layer.self_attn.attend_causal(q, k, v, mask)
             h, stats = layer.mlp_block(h, token_mask)
             return h, (stats, (k, v) if return_kv else None)
 
