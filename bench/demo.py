@@ -25,7 +25,7 @@ WER_TARGET = 0.35
 
 THREAD_BUDGET = {
     "threads": "all usable cores",
-    "ours": "the demo's 2 local training processes, each on its share of the cores (trainer/launch.py)",
+    "ours": "the demo's 2 local training processes, unpinned (trainer/launch.py)",
     "peer": "none (absolute time)",
 }
 

@@ -6,10 +6,11 @@ This stands in for the 4 hosts of a v4-32 slice in tests and demos: each child r
 SIGTERM to every child, and once one child fails it gives the others a grace period (their heartbeat
 timeout makes them exit on their own) before killing them, so a dead peer never leaves a hang.
 
-Each child gets its own share of the CPU cores (`core_shares`): N processes on C cores each run on C/N of
-them. XLA sizes its CPU thread pools from the process's affinity, so this is the per-process thread budget:
-without it, two processes on two cores each started two compute threads (plus Grain's loader threads)
-that preempted one another, and the demo's system time equalled its user time (docs/benchmarks.md).
+The children are not pinned to cores: each may run on every core the launcher may use. Pinning each to
+its own share (C/N cores, 418b645) was meant to budget XLA's thread pools, but it made the 2-process demo on
+2 cores slower, not faster: the gloo TCP loop thread that carries the cross-process collectives then competes
+with its own process's compute thread on one core (step-pace probe, 60 demo steps: 1.28-1.35 s/step pinned
+at load 1.7-4.4, 0.76 s/step unpinned at load 4.0, system time per step 1.24 s against 0.59 s; docs/training.md).
 """
 
 from __future__ import annotations
@@ -40,15 +41,6 @@ def combine_exit_codes(codes: Sequence[int]) -> int:
     return others[0] if others else EXIT_PREEMPTED
 
 
-def core_shares(n: int, cores: Sequence[int]) -> list[set[int]]:
-    """Disjoint, equal slices of ``cores`` for ``n`` processes; round-robin single cores if n > len(cores)."""
-    cores = sorted(cores)
-    if n <= len(cores):
-        per = len(cores) // n
-        return [set(cores[i * per : (i + 1) * per]) for i in range(n)]
-    return [{cores[i % len(cores)]} for i in range(n)]
-
-
 def launch_local(n: int, argv: Sequence[str], cpu_devices: int, peer_grace_seconds: float = 60.0) -> int:
     """Runs ``sawt train ARGV`` as ``n`` joined processes and returns the combined exit code.
 
@@ -60,7 +52,6 @@ def launch_local(n: int, argv: Sequence[str], cpu_devices: int, peer_grace_secon
     """
     port = free_port()
     children: list[subprocess.Popen[bytes]] = []
-    shares = core_shares(n, os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
     for i in range(n):
         env = dict(
             os.environ,
@@ -69,13 +60,9 @@ def launch_local(n: int, argv: Sequence[str], cpu_devices: int, peer_grace_secon
             SAWT_PROCESS_ID=str(i),
             JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
         )
-        # Pinned before exec, so every thread the child starts (XLA's pools included) stays on its share.
-        pin = None if shares is None else (lambda cpus=shares[i]: os.sched_setaffinity(0, cpus))
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "sawt.cli", "train", *argv, "--cpu-devices", str(cpu_devices)],
-                env=env,
-                preexec_fn=pin,
+                [sys.executable, "-m", "sawt.cli", "train", *argv, "--cpu-devices", str(cpu_devices)], env=env
             )
         )
 
