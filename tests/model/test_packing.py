@@ -242,6 +242,20 @@ def test_decoder_mask_never_crosses_segments(rows):
         assert not (mask[b] & (seg[b][:, None] != seg[b][None, :])).any()
 
 
+# Rows of random clip lengths in frames (1 to _MAX_CLIPS clips each), as the packed encoder tests draw them.
+_CLIP_ROWS = st.lists(
+    st.lists(st.integers(0, _CLIP_FRAMES), min_size=1, max_size=_MAX_CLIPS), min_size=_ROWS, max_size=_ROWS
+)
+
+
+def _frames_array(rows) -> np.ndarray:
+    """[_ROWS, _MAX_CLIPS] int32 frames of each row's clips, zero-padded after its last clip."""
+    frames = np.zeros((_ROWS, _MAX_CLIPS), np.int32)
+    for b, r in enumerate(rows):
+        frames[b, : len(r)] = r
+    return frames
+
+
 @functools.cache
 def _layout_fn(window_frames: int):
     cfg = AudioConfig(n_window_infer=window_frames)
@@ -257,22 +271,13 @@ def _layout_fn(window_frames: int):
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.lists(st.integers(0, _CLIP_FRAMES), min_size=1, max_size=_MAX_CLIPS),
-        min_size=_ROWS,
-        max_size=_ROWS,
-    ),
-    st.sampled_from([200, 800]),
-)
+@given(_CLIP_ROWS, st.sampled_from([200, 800]))
 def test_encoder_layout_and_mask_never_cross_clips(rows, window_frames):
     """Random clip lengths laid end to end: each clip gets exactly T(n) stream tokens, in order, from its own
     chunks; attention stays inside (clip, window of that clip); chunk slots cover the clips' frames exactly."""
     cfg, fn = _layout_fn(window_frames)
     c = _MAX_CLIPS
-    frames = np.zeros((_ROWS, c), np.int32)
-    for b, r in enumerate(rows):
-        frames[b, : len(r)] = r
+    frames = _frames_array(rows)
     lay, mask = jax.tree.map(np.asarray, fn(jnp.asarray(frames)))
     w = cfg.window_tokens
     for b in range(_ROWS):
@@ -340,21 +345,12 @@ def test_blocked_causal_attention_equals_dense(rows):
 
 
 @settings(max_examples=20, deadline=None)
-@given(
-    st.lists(
-        st.lists(st.integers(0, _CLIP_FRAMES), min_size=1, max_size=_MAX_CLIPS),
-        min_size=_ROWS,
-        max_size=_ROWS,
-    ),
-    st.sampled_from([200, 800]),
-)
+@given(_CLIP_ROWS, st.sampled_from([200, 800]))
 def test_blocked_window_attention_equals_dense(rows, window_frames):
     """The encoder's per-block stream attention (each block of queries over one window less a token either
     side) matches the dense masked attention on random clip layouts: no window reaches farther than that."""
     cfg, fn = _layout_fn(window_frames)
-    frames = np.zeros((_ROWS, _MAX_CLIPS), np.int32)
-    for b, r in enumerate(rows):
-        frames[b, : len(r)] = r
+    frames = _frames_array(rows)
     _, mask = fn(jnp.asarray(frames))
     ta, reach = mask.shape[1], cfg.window_tokens - 1
     far = np.abs(np.arange(ta)[:, None] - np.arange(ta)[None, :]) > reach
