@@ -126,6 +126,13 @@ class EvalConfig(Frozen):
     every: int = Field(0, ge=0, description="Steps between evaluations (0: only at the end).")
     split: str = Field("validation", description="Data split to decode.")
     max_batches: int = Field(4, ge=1, description="Batches per process to decode per evaluation.")
+    batch_size: int = Field(
+        0,
+        ge=0,
+        description="Global rows per evaluation batch (0: train.global_batch_size). Each batch is one decode "
+        "loop whose steps cost about the same for 4 rows as for 16 on CPU, so a larger batch decodes a split "
+        "in fewer, hardly slower steps.",
+    )
     max_new_tokens: int = Field(
         448,
         ge=1,

@@ -201,6 +201,18 @@ def _start_watchdog(cfg: ExperimentConfig, log: RunLog) -> Watchdog | None:
 
 
 @functools.cache
+def _rows_per_process(key: str, global_rows: int, process_count: int, batch_ways: int) -> int:
+    """Rows each process reads per batch; the global batch must split over the processes and the batch axes."""
+    if global_rows % process_count:
+        raise configlib.ConfigError(f"{key}={global_rows} does not split over {process_count} processes")
+    if global_rows % batch_ways:
+        raise configlib.ConfigError(
+            f"{key}={global_rows} does not split over the {batch_ways} devices of the batch axes "
+            "(mesh data x fsdp x expert)"
+        )
+    return global_rows // process_count
+
+
 def _compile_clock() -> CompileClock:
     """One listener on JAX's compile events per process (jax.monitoring's registry is process-wide)."""
     return CompileClock().install()
@@ -220,17 +232,11 @@ def _train(
     compile_clock = _compile_clock()
     spans = StepSpans(compile_clock)
     primary = pi == 0
-    if cfg.train.global_batch_size % pc:
-        raise configlib.ConfigError(
-            f"train.global_batch_size={cfg.train.global_batch_size} does not split over {pc} processes"
-        )
-    rows = cfg.train.global_batch_size // pc
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
-    if cfg.train.global_batch_size % batch_ways:
-        raise configlib.ConfigError(
-            f"train.global_batch_size={cfg.train.global_batch_size} does not split over the "
-            f"{batch_ways} devices of the batch axes (mesh data x fsdp x expert)"
-        )
+    rows = _rows_per_process("train.global_batch_size", cfg.train.global_batch_size, pc, batch_ways)
+    eval_rows = _rows_per_process(
+        "eval.batch_size", cfg.eval.batch_size or cfg.train.global_batch_size, pc, batch_ways
+    )
 
     program = build_program(cfg, backend, mesh)
     abstract_state, shardings, tx = program.abstract_state, program.shardings, program.tx
@@ -341,7 +347,7 @@ def _train(
             watchdog.begin("eval", at)
         t0 = time.monotonic()
         compile_clock.take()
-        result = run_eval(cfg.eval, backend, state["params"], mesh, pi, pc, rows)
+        result = run_eval(cfg.eval, backend, state["params"], mesh, pi, pc, eval_rows)
         timing = {"seconds": time.monotonic() - t0, "compile_seconds": compile_clock.take()}
         metrics.record_eval(result)
         overall = result["overall"]

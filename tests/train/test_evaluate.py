@@ -2,7 +2,8 @@
 
 The backend is a stand-in whose ``generate`` records the budget it was given and returns chosen ids: what
 is under test is `trainer.evaluate.evaluate`'s bookkeeping (the real generate path runs in the train
-smoke tests and in the release journey).
+smoke tests and in the release journey). The eval batch size is checked through the real run loop with
+the stand-in backend of tests/train/standin.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from types import SimpleNamespace
 
 import jax
 import numpy as np
+import pytest
+from train import standin
 
+from core.configlib import ConfigError
 from trainer.config import load_experiment
 from trainer.distributed import build_mesh
 from trainer.evaluate import evaluate
+from trainer.train import run
 
 ROWS, WIDTH, SECONDS = 2, 12, 30
 
@@ -77,3 +82,33 @@ def test_without_a_duration_budget_the_fixed_one_applies():
     )
     result = evaluate(cfg.eval, backend, None, build_mesh(cfg.mesh, jax.devices()[:1]), 0, 1, ROWS)
     assert asked == [9] and result["cut"] == 0
+
+
+def _rows_asked(tmp_path, overrides: list[str]) -> dict[str, int]:
+    """Rows per process that a real (stand-in backed) training run asks each split's loader for."""
+    cfg = load_experiment("tiny", ["train.steps=1", "metrics.port=0", "eval.max_batches=1", *overrides])
+    backend = standin.backend(cfg)
+    asked: dict[str, int] = {}
+    make_data = backend.make_data
+
+    def recording(split, pi, pc, rows):
+        asked[split] = rows
+        return make_data(split, pi, pc, rows)
+
+    backend.make_data = recording
+    assert run(cfg, tmp_path, backend) == 0
+    return asked
+
+
+def test_eval_batch_size_sets_the_eval_rows_and_defaults_to_the_train_batch(tmp_path):
+    assert _rows_asked(tmp_path / "a", ["train.global_batch_size=8", "eval.batch_size=24"]) == {
+        "train": 8,
+        "validation": 24,
+    }
+    assert _rows_asked(tmp_path / "b", ["train.global_batch_size=8"]) == {"train": 8, "validation": 8}
+
+
+def test_an_eval_batch_that_does_not_split_over_the_batch_axes_is_refused(tmp_path):
+    assert len(jax.devices()) == 8  # tests/conftest.py: the batch axes span 8 CPU devices
+    with pytest.raises(ConfigError, match=r"eval\.batch_size=12 does not split over the 8 devices"):
+        _rows_asked(tmp_path, ["train.global_batch_size=8", "eval.batch_size=12"])
