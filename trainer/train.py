@@ -200,7 +200,6 @@ def _start_watchdog(cfg: ExperimentConfig, log: RunLog) -> Watchdog | None:
     ).start()
 
 
-@functools.cache
 def _rows_per_process(key: str, global_rows: int, process_count: int, batch_ways: int) -> int:
     """Rows each process reads per batch; the global batch must split over the processes and the batch axes."""
     if global_rows % process_count:
@@ -213,6 +212,7 @@ def _rows_per_process(key: str, global_rows: int, process_count: int, batch_ways
     return global_rows // process_count
 
 
+@functools.cache
 def _compile_clock() -> CompileClock:
     """One listener on JAX's compile events per process (jax.monitoring's registry is process-wide)."""
     return CompileClock().install()
