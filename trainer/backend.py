@@ -12,6 +12,7 @@ them per scanned layer); where unset, the model section's values hold.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from collections.abc import Callable, Iterator
@@ -180,7 +181,9 @@ def backend(cfg: ExperimentConfig) -> Backend:
     return Backend(
         init_params=init_params,
         apply=apply,
-        loss=thinker_loss,
+        loss=functools.partial(
+            thinker_loss, ctc_coef=cfg.train.ctc_loss_coef, blank_id=mcfg.tokens.audio_token_id
+        ),
         model_config=mcfg.model_dump(mode="json"),
         make_data=make_data,
         param_sharding=param_sharding,

@@ -49,6 +49,14 @@ class TrainConfig(Frozen):
     aux_loss_coef: float = Field(
         0.001, ge=0, description="Coefficient of the MoE router auxiliary (load-balancing) loss."
     )
+    ctc_loss_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an auxiliary CTC loss of the transcript on the audio encoder's outputs, read "
+        "through lm_head with <|audio_pad|> as the blank (no new weights). It teaches the encoder the words "
+        "from the first step, so the decoder starts reading the audio sooner. 0: off. One clip per row only "
+        "(not with data.packing).",
+    )
     freeze: list[FreezeGroup] = Field(
         default_factory=list,
         description="Parameter groups left untouched (no gradient, no optimizer state): audio_encoder, "
@@ -212,6 +220,15 @@ class ExperimentConfig(Frozen):
         "architecture (model_config.json) and tokenizer (the files beside it) replace the preset's model "
         "section and tokenizer.dir; its weights are the start when the run has no checkpoint of its own yet.",
     )
+
+    @model_validator(mode="after")
+    def _ctc_needs_one_clip_per_row(self) -> ExperimentConfig:
+        if self.train.ctc_loss_coef > 0 and self.data.packing:
+            raise ValueError(
+                "train.ctc_loss_coef > 0 needs one clip per row, but data.packing packs several; "
+                "set one of them off"
+            )
+        return self
 
 
 # The parts of `model` that describe the architecture; with load_from they come from the checkpoint, while

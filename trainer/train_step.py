@@ -27,7 +27,8 @@ from trainer.config import TrainConfig
 
 # (params, batch) -> model output; the output is whatever `loss_fn` takes.
 ApplyFn = Callable[[Any, dict[str, jax.Array]], Any]
-# (output, batch, aux_coef) -> (loss, metrics with "ce", "aux", "tokens" and optionally "expert_load" [E]).
+# (output, batch, aux_coef) -> (loss, metrics with "ce", "aux", "tokens" and optionally "ctc" and
+# "expert_load" [E]).
 LossFn = Callable[[Any, dict[str, jax.Array], float], tuple[jax.Array, dict[str, jax.Array]]]
 
 _REMAT_POLICIES = {
@@ -160,6 +161,8 @@ def make_train_step(
             "nonfinite_in_a_row": new_state["nonfinite_in_a_row"],
             "nonfinite_total": new_state["nonfinite_total"],
         }
+        if "ctc" in micro_metrics:
+            metrics["ctc"] = jnp.mean(micro_metrics["ctc"]).astype(jnp.float32)
         if "expert_load" in micro_metrics:
             load = jnp.mean(micro_metrics["expert_load"].astype(jnp.float32), axis=0)
             load = load.reshape(-1, load.shape[-1]).mean(axis=0)  # per-layer loads -> mean per expert

@@ -35,10 +35,14 @@ def _batch(rows=8, seq=32, frames=100):
     return b
 
 
-def test_real_thinker_trains_and_freezes():
-    cfg = load_experiment(
-        "tiny", ["optimizer.warmup_steps=0", "optimizer.learning_rate=0.003", "train.freeze=[audio_encoder]"]
-    )
+def train_tiny(overrides: list[str], steps: int = 4):
+    """The real tiny Thinker trained `steps` steps on `_batch()` through the trainer's own program
+    (backend -> build_program -> jitted step), lr 3e-3 without warm-up, plus `overrides`.
+
+    Returns:
+        (cfg, the audio tower's proj2 kernel before training, the final state, each step's metrics).
+    """
+    cfg = load_experiment("tiny", ["optimizer.warmup_steps=0", "optimizer.learning_rate=0.003", *overrides])
     backend = real_backend(cfg)
     mesh = build_mesh(cfg.mesh)
     with jax.set_mesh(mesh):
@@ -53,10 +57,17 @@ def test_real_thinker_trains_and_freezes():
         step = program.jitted_step()
         batch = to_global(mesh, _batch())
         audio_before = np.asarray(state["params"]["audio_tower"]["proj2"]["kernel"])
-        losses = []
-        for _ in range(4):
+        metrics = []
+        for _ in range(steps):
             state, m = step(state, batch)
-            losses.append(float(m["loss"]))
+            metrics.append(m)
+    return cfg, audio_before, state, metrics
+
+
+def test_real_thinker_trains_and_freezes():
+    cfg, audio_before, state, metrics = train_tiny(["train.freeze=[audio_encoder]"])
+    losses = [float(m["loss"]) for m in metrics]
+    m = metrics[-1]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert m["expert_load"].shape == (cfg.model.text.num_experts,)
     np.testing.assert_array_equal(np.asarray(state["params"]["audio_tower"]["proj2"]["kernel"]), audio_before)

@@ -1,9 +1,11 @@
-"""Training loss: token-level cross-entropy over supervised targets plus the router load-balancing loss."""
+"""Training loss: token-level cross-entropy over supervised targets plus the router load-balancing loss,
+and optionally a CTC loss on the audio encoder's outputs (`ctc_loss`)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from trainer.model.thinker import ThinkerOutput
 
@@ -48,18 +50,81 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -
     return jnp.sum(nll * mask) / jnp.maximum(tokens, 1.0), tokens
 
 
-def thinker_loss(output: ThinkerOutput, batch: dict, aux_coef: float) -> tuple[jax.Array, dict]:
-    """loss = CE(logits, targets | loss_mask) + aux_coef * load-balancing aux.
+def ctc_loss(
+    audio_logits: jax.Array,
+    audio_valid: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array,
+    blank_id: int,
+) -> tuple[jax.Array, jax.Array]:
+    """CTC of each row's transcript on its audio token stream (one clip per row), per transcript token.
+
+    Why: the decoder first learns the transcripts from the text alone (the loss sits near its prior) and only
+    later starts to read the audio. CTC gives the encoder a direct transcript signal from the first step, read
+    through the same `lm_head` (no new weights, nothing to convert or serve), so the audio tokens carry the
+    words sooner. The blank is `<|audio_pad|>`, a token the decoder never emits.
+
+    Labels: the supervised targets of the row, in order, less the last one (the closing `<|im_end|>`, which
+    the audio does not say). Rows whose labels cannot align to their audio tokens (a label count plus
+    repeats above the valid token count) are left out.
+
+    Args:
+        audio_logits: [B, TA, V]; audio_valid: bool [B, TA] (valid tokens first, as `clip_layout` lays them).
+        targets: int [B, S]; loss_mask: [B, S] (> 0 where the target is supervised).
+        blank_id: the CTC blank.
+
+    Returns:
+        (sum of the CTC losses of the rows used / their label tokens [], label tokens used [] as float).
+    """
+    s = targets.shape[1]
+    supervised = loss_mask > 0
+    # Supervised targets first, in their order (a stable sort of "not supervised").
+    order = jnp.argsort(~supervised, axis=1, stable=True)
+    labels = jnp.take_along_axis(targets.astype(jnp.int32), order, axis=1)
+    n = jnp.maximum(jnp.sum(supervised, axis=1) - 1, 0)
+    is_label = jnp.arange(s)[None, :] < n[:, None]
+    repeats = jnp.sum(is_label[:, 1:] & (labels[:, 1:] == labels[:, :-1]), axis=1)
+    usable = (n > 0) & (n + repeats <= jnp.sum(audio_valid, axis=1))
+    per_row = optax.ctc_loss(
+        audio_logits.astype(jnp.float32),
+        (~audio_valid).astype(jnp.float32),
+        labels,
+        (~is_label).astype(jnp.float32),
+        blank_id=blank_id,
+    )
+    tokens = jnp.sum(jnp.where(usable, n, 0)).astype(jnp.float32)
+    return jnp.sum(jnp.where(usable, per_row, 0.0)) / jnp.maximum(tokens, 1.0), tokens
+
+
+def thinker_loss(
+    output: ThinkerOutput,
+    batch: dict,
+    aux_coef: float,
+    ctc_coef: float = 0.0,
+    blank_id: int | None = None,
+) -> tuple[jax.Array, dict]:
+    """loss = CE(logits, targets | loss_mask) + aux_coef * load-balancing aux [+ ctc_coef * CTC].
 
     Args:
         output: the Thinker's output.
         batch: needs `targets` int [B, S] and `loss_mask` float [B, S].
         aux_coef: weight of the aux loss (HF: router_aux_loss_coef, 0.001).
+        ctc_coef: weight of `ctc_loss` on the audio streams (0: not computed); needs one clip per row
+            (`audio_frames` [B]) and `blank_id`.
+        blank_id: the CTC blank (the `<|audio_pad|>` id).
 
     Returns:
-        (loss [], metrics {ce, aux, tokens, expert_load [E]}).
+        (loss [], metrics {ce, aux, tokens, expert_load [E]}, plus ctc when ctc_coef > 0).
     """
-    ce, tokens = cross_entropy(output.logits, jnp.asarray(batch["targets"]), jnp.asarray(batch["loss_mask"]))
+    targets, loss_mask = jnp.asarray(batch["targets"]), jnp.asarray(batch["loss_mask"])
+    ce, tokens = cross_entropy(output.logits, targets, loss_mask)
     aux, load = load_balancing_loss(output.router_stats)
     loss = ce + aux_coef * aux
-    return loss, {"ce": ce, "aux": aux, "tokens": tokens, "expert_load": load}
+    metrics = {"ce": ce, "aux": aux, "tokens": tokens, "expert_load": load}
+    if ctc_coef > 0 and output.audio_logits is not None:
+        if blank_id is None or jnp.ndim(batch["audio_frames"]) != 1:
+            raise ValueError("the CTC loss needs a blank id and one clip per row (audio_frames [B])")
+        ctc, _ = ctc_loss(output.audio_logits, output.audio_valid, targets, loss_mask, blank_id)
+        loss = loss + ctc_coef * ctc
+        metrics["ctc"] = ctc
+    return loss, metrics

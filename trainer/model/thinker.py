@@ -38,10 +38,17 @@ from trainer.model.sharding import constrain
 
 
 class ThinkerOutput(NamedTuple):
-    """logits [B, S, V] fp32; router_stats: counts, prob_sum [L, E] (over valid tokens), tokens []."""
+    """logits [B, S, V] fp32; router_stats: counts, prob_sum [L, E] (over valid tokens), tokens [].
+
+    audio_logits [B, TA, V] fp32: `lm_head` read on each row's audio token stream (the encoder's outputs
+    before they are spliced into the text), with audio_valid bool [B, TA]; None for a text-only batch. Only
+    the CTC auxiliary loss reads them (trainer/model/loss.py); under jit an unused output costs nothing.
+    """
 
     logits: jax.Array
     router_stats: dict[str, jax.Array]
+    audio_logits: jax.Array | None = None
+    audio_valid: jax.Array | None = None
 
 
 class AudioPlaceholderError(ValueError):
@@ -151,11 +158,16 @@ class Thinker(nnx.Module):
 
     def embed(self, batch: dict) -> tuple[jax.Array, jax.Array]:
         """Text embeddings with audio spliced in: ([B, S, H], ok [B] = the row passed the in-graph guard)."""
+        x, ok, _ = self._embed(batch)
+        return x, ok
+
+    def _embed(self, batch: dict) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """`embed`, plus the audio token streams (features [B, TA, H], valid [B, TA]; None without audio)."""
         ids = jnp.asarray(batch["input_ids"])
         x = self.model.embed_tokens(ids)
         is_pad = ids == self.config.tokens.audio_token_id
         if batch.get("audio_mel") is None:
-            return x, ~jnp.any(is_pad, axis=1)
+            return x, ~jnp.any(is_pad, axis=1), None
 
         def per_clip(key):
             v = jnp.asarray(batch[key])
@@ -178,7 +190,7 @@ class Thinker(nnx.Module):
             & jnp.all(tokens == lay.tokens, axis=1)
             & (jnp.sum(lay.valid, axis=1) == jnp.sum(tokens, axis=1))
         )
-        return x, ok
+        return x, ok, (feats, lay.valid)
 
     def logits(self, h: jax.Array) -> jax.Array:
         out = self.lm_head(h).astype(jnp.float32)
@@ -190,7 +202,7 @@ class Thinker(nnx.Module):
             batch.get("audio_mel") is None or all(_is_concrete(batch.get(k)) for k in audio_keys)
         ):
             check_audio_placeholders(batch, self.config)
-        x, ok = self.embed(batch)
+        x, ok, audio = self._embed(batch)
         token_mask = jnp.asarray(batch["token_mask"]).astype(bool)
         segments = batch.get("segment_ids")
         segments = None if segments is None else jnp.asarray(segments)
@@ -198,4 +210,7 @@ class Thinker(nnx.Module):
         logits = self.logits(h)
         logits = jnp.where(ok[:, None, None], logits, jnp.nan)
         stats = dict(stats, tokens=jnp.sum(token_mask.astype(jnp.float32)))
-        return ThinkerOutput(logits=logits, router_stats=stats)
+        if audio is None:
+            return ThinkerOutput(logits=logits, router_stats=stats)
+        feats, valid = audio
+        return ThinkerOutput(logits, stats, audio_logits=self.logits(feats), audio_valid=valid)
