@@ -22,7 +22,11 @@ from k8s import grafana
 from tools.dev.dashboard_snapshot import query_range, snapshot
 from tools.dev.monitoring_stack import StackConfig, live_stack
 
-CFG = StackConfig(train_steps=30, eval_every=10)
+# Six checkpoints, not three: once compiled, ten tiny steps plus an eval and a save take under a second on a
+# quiet machine, and the trainer exits right after its last save. With three saves inside ~2 s the 1 s scrapes
+# could miss every increase of the save histogram, leaving the "Checkpoint save duration" panel's
+# rate(...[1m]) empty (seen once in a full `make test`, 2026-12-04); six keep increases over several scrapes.
+CFG = StackConfig(train_steps=60, eval_every=10)
 
 
 @pytest.fixture(scope="module")
